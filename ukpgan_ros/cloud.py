@@ -1,0 +1,112 @@
+"""Cloud preprocessing: finite/range crop, voxel downsampling and normals (Open3D).
+
+Every function takes and returns NumPy float32 arrays so the rest of the core never deals with
+Open3D geometry objects; conversions to Open3D happen here and in ``registration``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import open3d as o3d
+
+__all__ = [
+    "as_points",
+    "crop_range",
+    "voxel_downsample",
+    "estimate_normals",
+    "to_legacy",
+    "WorkingCloud",
+    "make_working_cloud",
+]
+
+
+def as_points(points: np.ndarray, *, name: str = "points") -> np.ndarray:
+    """Validate an (N, 3) array and return it as contiguous float32 with non-finite rows dropped."""
+    arr = np.asarray(points)
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (N, 3), got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(arr).all(axis=1)
+    return arr if finite.all() else arr[finite]
+
+
+def crop_range(points: np.ndarray, min_range: float, max_range: float) -> np.ndarray:
+    """Keep points whose distance from the sensor origin lies in [min_range, max_range]."""
+    d2 = np.einsum("ij,ij->i", points, points)
+    return points[(d2 >= min_range * min_range) & (d2 <= max_range * max_range)]
+
+
+def voxel_downsample(points: np.ndarray, voxel: float) -> np.ndarray:
+    """Average the points of each occupied voxel (Open3D's voxel grid); voxel <= 0 is a no-op."""
+    if voxel <= 0 or len(points) == 0:
+        return points
+    pcd = o3d.t.geometry.PointCloud(o3d.core.Tensor(np.ascontiguousarray(points, dtype=np.float32)))
+    return pcd.voxel_down_sample(float(voxel)).point.positions.numpy().astype(np.float32, copy=False)
+
+
+def estimate_normals(
+    points: np.ndarray,
+    radius: float,
+    max_nn: int = 30,
+    viewpoint: np.ndarray | None = (0.0, 0.0, 0.0),
+) -> np.ndarray:
+    """Unit normals from a hybrid radius/kNN PCA (Open3D), flipped to face ``viewpoint``.
+
+    Depth sensors see surfaces from their origin, so orienting towards it makes normals (and
+    everything built on them: FPFH, SHOT's cosine bins) consistent between frames. Pass
+    ``viewpoint=None`` to leave the PCA's arbitrary sign.
+    """
+    if len(points) == 0:
+        return np.zeros((0, 3), np.float32)
+    pcd = o3d.t.geometry.PointCloud(o3d.core.Tensor(np.ascontiguousarray(points, dtype=np.float32)))
+    pcd.estimate_normals(max_nn=int(max_nn), radius=float(radius))
+    normals = pcd.point.normals.numpy().astype(np.float32, copy=False)
+    if viewpoint is not None:
+        to_view = np.asarray(viewpoint, np.float32)[None, :] - points
+        flip = np.einsum("ij,ij->i", normals, to_view) < 0
+        normals[flip] *= -1.0
+    bad = ~np.isfinite(normals).all(axis=1)
+    if bad.any():
+        normals[bad] = (0.0, 0.0, 1.0)
+    return normals
+
+
+def to_legacy(points: np.ndarray, normals: np.ndarray | None = None) -> o3d.geometry.PointCloud:
+    """NumPy -> legacy Open3D cloud, for the pipelines that only exist there (RANSAC, ISS)."""
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
+    if normals is not None:
+        pcd.normals = o3d.utility.Vector3dVector(normals.astype(np.float64))
+    return pcd
+
+
+@dataclass(frozen=True)
+class WorkingCloud:
+    """The voxelised cloud that detection and registration run on, with its normals."""
+
+    points: np.ndarray  # (M, 3) float32
+    normals: np.ndarray  # (M, 3) float32
+    raw_count: int  # finite points in the input
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+
+def make_working_cloud(
+    points: np.ndarray,
+    voxel_size: float,
+    min_range: float = 0.0,
+    max_range: float = float("inf"),
+    normal_radius: float | None = None,
+    viewpoint: np.ndarray | None = (0.0, 0.0, 0.0),
+) -> WorkingCloud:
+    """Validate, range-crop, voxelise and add normals: the one preprocessing path of the pipeline."""
+    pts = as_points(points)
+    raw = len(pts)
+    pts = crop_range(pts, min_range, max_range)
+    pts = voxel_downsample(pts, voxel_size)
+    normals = estimate_normals(pts, normal_radius or 2.0 * voxel_size, viewpoint=viewpoint)
+    return WorkingCloud(pts, normals, raw)

@@ -1,0 +1,119 @@
+"""The one configuration of the pipeline; ROS parameters, YAML and CLI flags mirror its fields.
+
+Each field carries its help text and its allowed values or range in ``metadata`` so the node can
+declare typed ROS parameters with descriptors and the CLI can validate the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["PipelineConfig", "ConfigError", "DEFAULT_MODEL_PATH"]
+
+DEFAULT_MODEL_PATH = str(Path(__file__).resolve().parent / "weights" / "ukpgan.safetensors")
+
+
+class ConfigError(ValueError):
+    """A parameter value is outside what the pipeline accepts."""
+
+
+def _f(default: Any, help: str, *, choices: tuple | None = None, range: tuple | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices, "range": range})
+
+
+@dataclass
+class PipelineConfig:
+    """Everything that shapes detection and registration (metres, seconds)."""
+
+    detector: str = _f("ukpgan", "keypoint detector backend", choices=("ukpgan", "iss", "random", "fps"))
+    device: str = _f("auto", "torch device for the detector and SHOT", choices=("auto", "cpu", "cuda"))
+    voxel_size: float = _f(0.05, "voxel size of the working cloud [m]; radii derive from it", range=(0.005, 1.0))
+    max_keypoints: int = _f(250, "keypoint budget per frame", range=(4, 100000))
+    nms_radius: float = _f(0.0, "non-maximum suppression radius [m]; 0 means 2 x voxel_size", range=(0.0, 10.0))
+    min_range: float = _f(0.1, "drop points closer than this to the sensor [m]", range=(0.0, 100.0))
+    max_range: float = _f(5.0, "drop points farther than this from the sensor [m]", range=(0.01, 1000.0))
+    descriptor: str = _f("fpfh", "descriptor at keypoints for matching", choices=("fpfh", "shot"))
+    match_against: str = _f(
+        "dense", "match keypoint descriptors against the target's keypoints or all its points",
+        choices=("keypoints", "dense"),
+    )
+    registration: str = _f(
+        "consecutive", "none, consecutive frames (odometry) or against reference_cloud",
+        choices=("none", "consecutive", "reference"),
+    )
+    reference_cloud: str = _f("", "PLY/PCD/NPY cloud to localise against when registration=reference")
+    ransac_max_iterations: int = _f(100000, "RANSAC iteration cap", range=(100, 10000000))
+    ransac_confidence: float = _f(0.999, "RANSAC stop confidence", range=(0.5, 0.999999))
+    icp_refine: bool = _f(True, "refine RANSAC with point-to-plane ICP on the voxel clouds")
+    min_inliers: int = _f(6, "fewer RANSAC inlier matches than this marks a registration failed", range=(3, 100000))
+    min_fitness: float = _f(0.2, "lower final fitness (overlap fraction) marks a registration failed", range=(0.0, 1.0))
+    publish_tf: bool = _f(True, "broadcast odom_frame -> sensor frame on /tf (needs tf2_ros)")
+    odom_frame: str = _f("odom", "frame of the accumulated pose")
+    model_path: str = _f("", "UKPGAN weights (.safetensors); empty means the shipped model")
+    seed: int = _f(0, "seed for random sampling and RANSAC", range=(0, 2**31 - 1))
+
+    # Derived radii follow Open3D's registration examples: normals 2x, FPFH 5x, match 1.5x voxel.
+    @property
+    def normal_radius(self) -> float:
+        return 2.0 * self.voxel_size
+
+    @property
+    def fpfh_radius(self) -> float:
+        return 5.0 * self.voxel_size
+
+    @property
+    def match_distance(self) -> float:
+        return 1.5 * self.voxel_size
+
+    @property
+    def shot_radius(self) -> float:
+        return 6.0 * self.voxel_size
+
+    @property
+    def effective_nms_radius(self) -> float:
+        return self.nms_radius if self.nms_radius > 0 else 2.0 * self.voxel_size
+
+    @property
+    def resolved_model_path(self) -> str:
+        return self.model_path or DEFAULT_MODEL_PATH
+
+    def validate(self) -> "PipelineConfig":
+        """Raise ConfigError naming the first bad field; return self when all are valid."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, type(f.default)) or (isinstance(value, bool) and not isinstance(f.default, bool)):
+                raise ConfigError(f"{f.name}: expected {type(f.default).__name__}, got {value!r}")
+            choices, rng = f.metadata.get("choices"), f.metadata.get("range")
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
+            if rng and not (rng[0] <= value <= rng[1]):
+                raise ConfigError(f"{f.name}: {value!r} is outside [{rng[0]}, {rng[1]}]")
+        if self.min_range >= self.max_range:
+            raise ConfigError(f"min_range ({self.min_range}) must be below max_range ({self.max_range})")
+        if self.registration == "reference" and not self.reference_cloud:
+            raise ConfigError("registration=reference needs reference_cloud")
+        return self
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "PipelineConfig":
+        """Build from a dict (YAML, ROS parameters); unknown keys are an error, ints widen to floats."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(names)
+        if unknown:
+            raise ConfigError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+        kwargs = {}
+        for k, v in values.items():
+            if isinstance(names[k].default, float) and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            kwargs[k] = v
+        return cls(**kwargs).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def field_specs() -> list[dataclasses.Field]:
+        return list(dataclasses.fields(PipelineConfig))

@@ -1,0 +1,155 @@
+"""The per-frame pipeline: points -> working cloud -> keypoints -> descriptors -> transform -> pose.
+
+Stateful only where a stream needs state (the previous frame, the accumulated pose, the loaded
+reference); the node and the CLI drive it, tests drive it without ROS.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ukpgan_ros.cloud import WorkingCloud, make_working_cloud
+from ukpgan_ros.config import PipelineConfig
+from ukpgan_ros.detectors import Detector, Keypoints, make_detector
+from ukpgan_ros.registration import FrameFeatures, RegistrationResult, compute_descriptors, register_features
+
+__all__ = ["FrameResult", "KeypointPipeline", "EmptyCloudError"]
+
+
+class EmptyCloudError(ValueError):
+    """Too few points survive preprocessing to detect or register anything."""
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What one frame produced; ``registration`` is None for the first frame or mode ``none``."""
+
+    keypoints: Keypoints  # in the input cloud's frame
+    working_points: int
+    input_points: int
+    registration: RegistrationResult | None
+    pose: np.ndarray  # (4, 4) odom_from_sensor (reference_from_sensor in reference mode)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_time(self) -> float:
+        return sum(self.timings.values())
+
+
+class KeypointPipeline:
+    """Runs detection and registration on a stream of clouds in the sensor frame.
+
+    Modes: ``consecutive`` estimates ``T_prev_from_curr`` and chains it into ``pose``
+    (odometry); ``reference`` estimates ``T_ref_from_curr`` against a fixed cloud; ``none`` only
+    detects. A failed registration leaves the pose where it was and keeps the last good frame as
+    the anchor, so one bad frame does not corrupt the trajectory.
+    """
+
+    MIN_POINTS = 16
+    MAX_ANCHOR_FAILURES = 3
+
+    def __init__(self, cfg: PipelineConfig, detector: Detector | None = None,
+                 reference_points: np.ndarray | None = None) -> None:
+        self.cfg = cfg.validate()
+        self.detector = detector if detector is not None else make_detector(cfg)
+        self.pose = np.eye(4)
+        self._anchor: FrameFeatures | None = None
+        self._failures = 0
+        self._reference: FrameFeatures | None = None
+        if cfg.registration == "reference":
+            if reference_points is None:
+                from ukpgan_ros.io import read_cloud
+
+                reference_points = read_cloud(cfg.reference_cloud)
+            # A map/model is not seen from the origin: leave normal signs to PCA.
+            self._reference = self._features(reference_points, {}, viewpoint=None, crop=False, dense_needed=True)
+
+    def reset(self) -> None:
+        """Forget the stream (previous frame and pose); keep the model and the reference."""
+        self.pose = np.eye(4)
+        self._anchor = None
+        self._failures = 0
+
+    def release(self) -> None:
+        self.detector.release()
+        self._anchor = None
+        self._reference = None
+
+    def _features(self, points: np.ndarray, timings: dict[str, float], viewpoint=(0.0, 0.0, 0.0),
+                  crop: bool = True, dense_needed: bool = False) -> FrameFeatures:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        cloud: WorkingCloud = make_working_cloud(
+            points, cfg.voxel_size,
+            cfg.min_range if crop else 0.0, cfg.max_range if crop else float("inf"),
+            normal_radius=cfg.normal_radius, viewpoint=viewpoint,
+        )
+        timings["preprocess"] = time.perf_counter() - t0
+        if len(cloud) < self.MIN_POINTS:
+            raise EmptyCloudError(
+                f"{len(cloud)} points left after range crop [{cfg.min_range}, {cfg.max_range}] m and "
+                f"{cfg.voxel_size} m voxels (of {cloud.raw_count} finite input points)")
+        t0 = time.perf_counter()
+        kps = self.detector.detect(cloud.points, cloud.normals, cfg.max_keypoints)
+        timings["detect"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        dense = None
+        if cfg.registration == "none":
+            desc = np.zeros((len(kps), 0), np.float32)
+        elif cfg.match_against == "dense" and (dense_needed or cfg.descriptor == "fpfh"):
+            # FPFH's cost is mostly the per-point histograms it needs anyway: densify for free.
+            dense = compute_descriptors(cfg.descriptor, cloud, None, cfg.voxel_size, self._device())
+            desc = dense[kps.indices]
+        else:
+            desc = compute_descriptors(cfg.descriptor, cloud, kps.indices, cfg.voxel_size, self._device())
+        timings["describe"] = time.perf_counter() - t0
+        return FrameFeatures(cloud, kps, desc, dense)
+
+    def _device(self) -> str:
+        if self.cfg.device != "auto":
+            return self.cfg.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def _register(self, src: FrameFeatures, tgt: FrameFeatures, timings: dict[str, float]) -> RegistrationResult:
+        cfg = self.cfg
+        res = register_features(
+            src, tgt, cfg.voxel_size, max_iterations=cfg.ransac_max_iterations,
+            confidence=cfg.ransac_confidence, icp_refine=cfg.icp_refine,
+            min_inliers=cfg.min_inliers, min_fitness=cfg.min_fitness, seed=cfg.seed,
+            dense_target=cfg.match_against == "dense",
+        )
+        timings.update(res.timings)
+        return res
+
+    def process(self, points: np.ndarray) -> FrameResult:
+        """Process one cloud (N, 3) in the sensor frame. Raises ValueError on unusable input;
+        the pipeline state is then unchanged."""
+        timings: dict[str, float] = {}
+        # A consecutive-mode frame becomes the next frame's target: keep its dense descriptors.
+        feats = self._features(points, timings, dense_needed=self.cfg.registration == "consecutive")
+        reg: RegistrationResult | None = None
+        mode = self.cfg.registration
+        if mode == "reference":
+            assert self._reference is not None
+            reg = self._register(feats, self._reference, timings)
+            if reg.success:
+                self.pose = reg.T.copy()
+        elif mode == "consecutive":
+            if self._anchor is None:
+                self._anchor = feats
+            else:
+                reg = self._register(feats, self._anchor, timings)
+                if reg.success:
+                    self.pose = self.pose @ reg.T  # odom_from_curr = odom_from_prev @ T_prev_from_curr
+                    self._anchor, self._failures = feats, 0
+                else:
+                    self._failures += 1
+                    if self._failures >= self.MAX_ANCHOR_FAILURES:
+                        # The anchor is stale; restart from here with the pose held.
+                        self._anchor, self._failures = feats, 0
+        return FrameResult(feats.keypoints, len(feats.cloud), feats.cloud.raw_count, reg, self.pose.copy(), timings)

@@ -1,0 +1,217 @@
+"""Descriptors at keypoints, mutual matching, RANSAC and ICP: one frame pair -> a rigid transform.
+
+Conventions: ``T`` maps source points into the target frame, ``p_tgt = T @ p_src`` (name it
+``T_tgt_from_src`` at call sites). Radii derive from the voxel size as in Open3D's examples.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import open3d as o3d
+
+from ukpgan_ros.cloud import WorkingCloud, to_legacy
+from ukpgan_ros.detectors.base import Keypoints
+
+__all__ = [
+    "FrameFeatures",
+    "RegistrationResult",
+    "compute_fpfh",
+    "compute_descriptors",
+    "mutual_matches",
+    "ransac_from_correspondences",
+    "refine_icp",
+    "register_features",
+    "rotation_error_deg",
+    "translation_error",
+]
+
+_reg = o3d.pipelines.registration
+
+
+@dataclass(frozen=True)
+class FrameFeatures:
+    """One frame ready for matching: working cloud, keypoints (indices into it), descriptors."""
+
+    cloud: WorkingCloud
+    keypoints: Keypoints
+    descriptors: np.ndarray  # (K, D) float32, row i describes keypoints.indices[i]
+    dense_descriptors: np.ndarray | None = None  # (M, D) for every cloud point, when kept
+
+    def match_side(self, dense: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(xyz, descriptors) this frame offers as a matching target."""
+        if dense:
+            if self.dense_descriptors is None:
+                raise ValueError("dense matching needs the target frame's dense descriptors")
+            return self.cloud.points, self.dense_descriptors
+        return self.keypoints.xyz, self.descriptors
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    """A rigid estimate with the figures a robot needs to decide whether to trust it."""
+
+    T: np.ndarray  # (4, 4) float64, p_tgt = T @ p_src
+    fitness: float  # fraction of source points with a target point within the match distance
+    inlier_rmse: float  # RMS distance of those pairs [m]
+    num_correspondences: int  # mutual descriptor matches fed to RANSAC
+    num_inliers: int  # of those, consistent with T within the match distance
+    success: bool
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    message: str = ""
+
+
+def compute_fpfh(points: np.ndarray, normals: np.ndarray, indices: np.ndarray | None, radius: float,
+                 max_nn: int = 100) -> np.ndarray:
+    """FPFH (Rusu 2009, Open3D) at ``indices`` (all points if None), using every point as support."""
+    pcd = o3d.t.geometry.PointCloud(o3d.core.Tensor(np.ascontiguousarray(points, np.float32)))
+    pcd.point.normals = o3d.core.Tensor(np.ascontiguousarray(normals, np.float32))
+    idx = None if indices is None else o3d.core.Tensor(np.ascontiguousarray(indices, np.int64))
+    if idx is not None and len(indices) == 0:
+        return np.zeros((0, 33), np.float32)
+    feat = o3d.t.pipelines.registration.compute_fpfh_feature(pcd, max_nn=max_nn, radius=float(radius), indices=idx)
+    return feat.numpy().astype(np.float32, copy=False)
+
+
+def compute_descriptors(kind: str, cloud: WorkingCloud, indices: np.ndarray | None, voxel_size: float,
+                        device: str = "cpu") -> np.ndarray:
+    """Descriptors of ``kind`` (fpfh: radius 5 x voxel; shot: radius 6 x voxel) at ``indices``
+    of the working cloud (every point if None)."""
+    if kind == "fpfh":
+        return compute_fpfh(cloud.points, cloud.normals, indices, 5.0 * voxel_size)
+    if kind == "shot":
+        from ukpgan_ros.shot import compute_shot
+
+        desc, _, _ = compute_shot(cloud.points, 6.0 * voxel_size, normals=cloud.normals,
+                                  query_idx=indices, device=device)
+        return np.asarray(desc, np.float32)
+    raise ValueError(f"unknown descriptor {kind!r} (fpfh or shot)")
+
+
+def _nearest(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Index of the nearest row of ``b`` for each row of ``a`` (L2), brute force in chunks."""
+    b64 = b.astype(np.float32)
+    bn = np.einsum("ij,ij->i", b64, b64)
+    out = np.empty(len(a), np.int64)
+    for s in range(0, len(a), chunk):
+        blk = a[s:s + chunk].astype(np.float32)
+        d = bn[None, :] - 2.0 * blk @ b64.T
+        out[s:s + chunk] = np.argmin(d, axis=1)
+    return out
+
+
+def mutual_matches(desc_src: np.ndarray, desc_tgt: np.ndarray) -> np.ndarray:
+    """(M, 2) index pairs (src, tgt) that are each other's nearest neighbour in descriptor space."""
+    if len(desc_src) == 0 or len(desc_tgt) == 0:
+        return np.zeros((0, 2), np.int64)
+    fwd = _nearest(desc_src, desc_tgt)
+    bwd = _nearest(desc_tgt, desc_src)
+    src = np.nonzero(bwd[fwd] == np.arange(len(desc_src)))[0]
+    return np.stack([src, fwd[src]], axis=1).astype(np.int64)
+
+
+def ransac_from_correspondences(
+    src_xyz: np.ndarray,
+    tgt_xyz: np.ndarray,
+    corr: np.ndarray,
+    distance: float,
+    max_iterations: int = 100000,
+    confidence: float = 0.999,
+    seed: int | None = 0,
+    edge_similarity: float = 0.9,
+) -> tuple[np.ndarray, int]:
+    """Robust rigid fit to putative matches (Open3D RANSAC, 3-point samples, edge-length and
+    distance pre-checks). Returns (T with p_tgt = T @ p_src, number of inlier matches)."""
+    if len(corr) < 3:
+        return np.eye(4), 0
+    if seed is not None:
+        o3d.utility.random.seed(int(seed))
+    res = _reg.registration_ransac_based_on_correspondence(
+        to_legacy(src_xyz), to_legacy(tgt_xyz), o3d.utility.Vector2iVector(corr.astype(np.int32)), distance,
+        _reg.TransformationEstimationPointToPoint(False), 3,
+        [_reg.CorrespondenceCheckerBasedOnEdgeLength(edge_similarity),
+         _reg.CorrespondenceCheckerBasedOnDistance(distance)],
+        _reg.RANSACConvergenceCriteria(int(max_iterations), float(confidence)),
+    )
+    T = np.asarray(res.transformation, np.float64)
+    return T, count_inliers(src_xyz, tgt_xyz, corr, T, distance)
+
+
+def count_inliers(src_xyz: np.ndarray, tgt_xyz: np.ndarray, corr: np.ndarray, T: np.ndarray, distance: float) -> int:
+    """Matches whose source point lands within ``distance`` of its target point under ``T``."""
+    if len(corr) == 0:
+        return 0
+    moved = src_xyz[corr[:, 0]] @ T[:3, :3].T + T[:3, 3]
+    return int((np.linalg.norm(moved - tgt_xyz[corr[:, 1]], axis=1) <= distance).sum())
+
+
+def refine_icp(src: WorkingCloud, tgt: WorkingCloud, T_init: np.ndarray, distance: float,
+               max_iterations: int = 30) -> tuple[np.ndarray, float, float]:
+    """Point-to-plane ICP on the working clouds from ``T_init``; returns (T, fitness, inlier_rmse)."""
+    res = _reg.registration_icp(
+        to_legacy(src.points, src.normals), to_legacy(tgt.points, tgt.normals), distance, T_init,
+        _reg.TransformationEstimationPointToPlane(),
+        _reg.ICPConvergenceCriteria(max_iteration=max_iterations),
+    )
+    return np.asarray(res.transformation, np.float64), float(res.fitness), float(res.inlier_rmse)
+
+
+def evaluate_overlap(src: WorkingCloud, tgt: WorkingCloud, T: np.ndarray, distance: float) -> tuple[float, float]:
+    """(fitness, inlier_rmse) of ``T``: the share of source points near the target after moving."""
+    res = _reg.evaluate_registration(to_legacy(src.points), to_legacy(tgt.points), distance, T)
+    return float(res.fitness), float(res.inlier_rmse)
+
+
+def register_features(
+    src: FrameFeatures,
+    tgt: FrameFeatures,
+    voxel_size: float,
+    *,
+    max_iterations: int = 100000,
+    confidence: float = 0.999,
+    icp_refine: bool = True,
+    min_inliers: int = 6,
+    min_fitness: float = 0.2,
+    seed: int | None = 0,
+    dense_target: bool = False,
+) -> RegistrationResult:
+    """Match the source's keypoint descriptors mutually with the target's keypoints (or, with
+    ``dense_target``, with all its points), RANSAC them, optionally refine with ICP, and grade."""
+    timings: dict[str, float] = {}
+    distance = 1.5 * voxel_size
+    t0 = time.perf_counter()
+    src_kp = src.keypoints.xyz
+    tgt_kp, tgt_desc = tgt.match_side(dense_target)
+    corr = mutual_matches(src.descriptors, tgt_desc)
+    timings["match"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    T, inliers = ransac_from_correspondences(src_kp, tgt_kp, corr, distance, max_iterations, confidence, seed)
+    timings["ransac"] = time.perf_counter() - t0
+
+    if inliers < min_inliers:
+        return RegistrationResult(np.eye(4), 0.0, 0.0, len(corr), inliers, False, timings,
+                                  f"only {inliers} RANSAC inliers of {len(corr)} matches (need {min_inliers})")
+    t0 = time.perf_counter()
+    if icp_refine:
+        T, fitness, rmse = refine_icp(src.cloud, tgt.cloud, T, distance)
+        inliers = count_inliers(src_kp, tgt_kp, corr, T, distance)
+    else:
+        fitness, rmse = evaluate_overlap(src.cloud, tgt.cloud, T, distance)
+    timings["refine"] = time.perf_counter() - t0
+    ok = fitness >= min_fitness
+    msg = "" if ok else f"fitness {fitness:.3f} below {min_fitness}"
+    return RegistrationResult(T, fitness, rmse, len(corr), inliers, ok, timings, msg)
+
+
+def rotation_error_deg(T_est: np.ndarray, T_gt: np.ndarray) -> float:
+    """Geodesic angle between the rotations of two transforms, in degrees."""
+    R = T_est[:3, :3].T @ T_gt[:3, :3]
+    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0))))
+
+
+def translation_error(T_est: np.ndarray, T_gt: np.ndarray) -> float:
+    """Euclidean distance between the translations of two transforms [m]."""
+    return float(np.linalg.norm(T_est[:3, 3] - T_gt[:3, 3]))
