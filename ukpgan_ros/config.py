@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["PipelineConfig", "ConfigError", "DEFAULT_MODEL_PATH"]
+__all__ = ["PipelineConfig", "StreamConfig", "ConfigError", "DEFAULT_MODEL_PATH"]
 
 DEFAULT_MODEL_PATH = str(Path(__file__).resolve().parent / "weights" / "ukpgan.safetensors")
 
@@ -24,11 +24,49 @@ def _f(default: Any, help: str, *, choices: tuple | None = None, range: tuple | 
     return field(default=default, metadata={"help": help, "choices": choices, "range": range})
 
 
+class _Fields:
+    """Typed fields with help/choices/range metadata: validation, dict round trips."""
+
+    def validate(self):
+        """Raise ConfigError naming the first bad field; return self when all are valid."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, type(f.default)) or (isinstance(value, bool) and not isinstance(f.default, bool)):
+                raise ConfigError(f"{f.name}: expected {type(f.default).__name__}, got {value!r}")
+            choices, rng = f.metadata.get("choices"), f.metadata.get("range")
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
+            if rng and not (rng[0] <= value <= rng[1]):
+                raise ConfigError(f"{f.name}: {value!r} is outside [{rng[0]}, {rng[1]}]")
+        return self
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]):
+        """Build from a dict (YAML, ROS parameters); unknown keys are an error, ints widen to floats."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(names)
+        if unknown:
+            raise ConfigError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+        kwargs = {}
+        for k, v in values.items():
+            if isinstance(names[k].default, float) and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            kwargs[k] = v
+        return cls(**kwargs).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_specs(cls) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(cls))
+
+
 @dataclass
-class PipelineConfig:
+class PipelineConfig(_Fields):
     """Everything that shapes detection and registration (metres, seconds)."""
 
-    detector: str = _f("ukpgan", "keypoint detector backend", choices=("ukpgan", "iss", "random", "fps"))
+    detector: str = _f("iss", "keypoint detector backend", choices=("ukpgan", "iss", "random", "fps"))
     device: str = _f("auto", "torch device for the detector and SHOT", choices=("auto", "cpu", "cuda"))
     voxel_size: float = _f(0.05, "voxel size of the working cloud [m]; radii derive from it", range=(0.005, 1.0))
     max_keypoints: int = _f(250, "keypoint budget per frame", range=(4, 100000))
@@ -81,39 +119,26 @@ class PipelineConfig:
         return self.model_path or DEFAULT_MODEL_PATH
 
     def validate(self) -> "PipelineConfig":
-        """Raise ConfigError naming the first bad field; return self when all are valid."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, type(f.default)) or (isinstance(value, bool) and not isinstance(f.default, bool)):
-                raise ConfigError(f"{f.name}: expected {type(f.default).__name__}, got {value!r}")
-            choices, rng = f.metadata.get("choices"), f.metadata.get("range")
-            if choices and value not in choices:
-                raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
-            if rng and not (rng[0] <= value <= rng[1]):
-                raise ConfigError(f"{f.name}: {value!r} is outside [{rng[0]}, {rng[1]}]")
+        """Check every field, then the relations between fields."""
+        super().validate()
         if self.min_range >= self.max_range:
             raise ConfigError(f"min_range ({self.min_range}) must be below max_range ({self.max_range})")
         if self.registration == "reference" and not self.reference_cloud:
             raise ConfigError("registration=reference needs reference_cloud")
         return self
 
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "PipelineConfig":
-        """Build from a dict (YAML, ROS parameters); unknown keys are an error, ints widen to floats."""
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = set(values) - set(names)
-        if unknown:
-            raise ConfigError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
-        kwargs = {}
-        for k, v in values.items():
-            if isinstance(names[k].default, float) and isinstance(v, int) and not isinstance(v, bool):
-                v = float(v)
-            kwargs[k] = v
-        return cls(**kwargs).validate()
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+@dataclass
+class StreamConfig(_Fields):
+    """How the node receives frames; ROS-side only, declared as parameters like PipelineConfig."""
 
-    @staticmethod
-    def field_specs() -> list[dataclasses.Field]:
-        return list(dataclasses.fields(PipelineConfig))
+    input: str = _f("cloud", "cloud: PointCloud2 on cloud_in; depth: depth/image_raw + depth/camera_info",
+                    choices=("cloud", "depth"))
+    qos_reliability: str = _f(
+        "auto", "subscription reliability; auto matches the publishers (best_effort if any is)",
+        choices=("auto", "reliable", "best_effort"),
+    )
+    qos_depth: int = _f(1, "subscription queue depth (the node keeps only the newest frame)", range=(1, 100))
+    depth_stride: int = _f(1, "use every k-th depth pixel row/column (depth input)", range=(1, 16))
+    depth_scale: float = _f(1000.0, "16UC1 depth units per metre (1000: millimetres)", range=(1.0, 100000.0))
+    diagnostics_period: float = _f(1.0, "seconds between /diagnostics messages", range=(0.05, 60.0))

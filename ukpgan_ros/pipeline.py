@@ -153,3 +153,24 @@ class KeypointPipeline:
                         # The anchor is stale; restart from here with the pose held.
                         self._anchor, self._failures = feats, 0
         return FrameResult(feats.keypoints, len(feats.cloud), feats.cloud.raw_count, reg, self.pose.copy(), timings)
+
+
+def register_clouds(source: np.ndarray, target: np.ndarray, cfg: PipelineConfig,
+                    detector: Detector | None = None) -> RegistrationResult:
+    """One-shot ``T_target_from_source`` between two clouds (files, fragments, scans).
+
+    Both are preprocessed alike (range crop, voxels, normals facing the origin of their own
+    frame, where the sensor was); keypoint descriptors of the source are matched against the
+    target's keypoints or all its points, as ``cfg.match_against`` says.
+    """
+    pipe = KeypointPipeline(PipelineConfig.from_mapping({**cfg.to_dict(), "registration": "consecutive"}), detector)
+    try:
+        timings: dict[str, float] = {}
+        src = pipe._features(source, timings, dense_needed=False)
+        tgt = pipe._features(target, {}, dense_needed=cfg.match_against == "dense")
+        res = pipe._register(src, tgt, timings)
+        return RegistrationResult(res.T, res.fitness, res.inlier_rmse, res.num_correspondences, res.num_inliers,
+                                  res.success, timings, res.message)
+    finally:
+        if detector is None:
+            pipe.release()

@@ -1,0 +1,179 @@
+"""The ``ukpgan`` command: detect, register, demo, train, eval, bench.
+
+Each subcommand parses its flags, builds a PipelineConfig (the same fields the ROS node
+declares) and calls the core; ``demo`` runs the real lifecycle node in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ukpgan_ros.config import ConfigError, PipelineConfig
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_pipeline_flags(p: argparse.ArgumentParser, **defaults) -> None:
+    """Expose every PipelineConfig field as --flag (bools as --flag/--no-flag)."""
+    for f in PipelineConfig.field_specs():
+        flag = "--" + f.name.replace("_", "-")
+        default = defaults.get(f.name, f.default)
+        meta = f.metadata
+        if isinstance(f.default, bool):
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=meta["help"])
+        else:
+            p.add_argument(flag, dest=f.name, type=type(f.default), default=default, help=meta["help"],
+                           choices=meta.get("choices"))
+
+
+def _config(args: argparse.Namespace, **override) -> PipelineConfig:
+    values = {f.name: getattr(args, f.name) for f in PipelineConfig.field_specs()}
+    values.update(override)
+    return PipelineConfig.from_mapping(values)
+
+
+def _load_points(path: str, intrinsics: str | None) -> np.ndarray:
+    """A cloud file, or a depth PNG back-projected with a 3x3 intrinsics file (looked up beside it)."""
+    from ukpgan_ros.io import read_cloud
+
+    p = Path(path)
+    if p.suffix.lower() != ".png":
+        return read_cloud(p)
+    from ukpgan_ros.depth import depth_to_metres, depth_to_points
+    from ukpgan_ros.io import read_depth_png
+
+    cands = [Path(intrinsics)] if intrinsics else [d / "camera-intrinsics.txt" for d in (p.parent, p.parent.parent)]
+    k_file = next((c for c in cands if c.is_file()), None)
+    if k_file is None:
+        raise FileNotFoundError(f"{p}: a depth PNG needs --intrinsics (a 3x3 K text file); looked for "
+                                + ", ".join(map(str, cands)))
+    return depth_to_points(depth_to_metres(read_depth_png(p)), np.loadtxt(k_file))
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from ukpgan_ros.cloud import make_working_cloud
+    from ukpgan_ros.detectors import make_detector
+
+    cfg = _config(args)
+    pts = _load_points(args.file, args.intrinsics)
+    t0 = time.perf_counter()
+    cloud = make_working_cloud(pts, cfg.voxel_size, cfg.min_range, cfg.max_range, cfg.normal_radius,
+                               viewpoint=(0.0, 0.0, 0.0))
+    t1 = time.perf_counter()
+    det = make_detector(cfg)
+    t2 = time.perf_counter()
+    kps = det.detect(cloud.points, cloud.normals, cfg.max_keypoints)
+    t3 = time.perf_counter()
+    print(f"{args.file}: {len(pts)} points -> {len(cloud)} at {cfg.voxel_size} m voxels -> "
+          f"{len(kps)} {cfg.detector} keypoints")
+    print(f"time: preprocess {1e3 * (t1 - t0):.1f} ms, load detector {1e3 * (t2 - t1):.1f} ms, "
+          f"detect {1e3 * (t3 - t2):.1f} ms")
+    if args.out:
+        from ukpgan_ros.io import write_cloud
+        from ukpgan_ros.plots import saliency_rgb
+
+        write_cloud(args.out, kps.xyz, colors=saliency_rgb(kps.scores))
+        print(f"keypoints written to {args.out}")
+    if args.png:
+        from ukpgan_ros.plots import plot_keypoints
+
+        plot_keypoints(cloud.points, kps, args.png, title=f"{Path(args.file).name}: {len(kps)} {cfg.detector} keypoints")
+        print(f"picture written to {args.png}")
+    det.release()
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from ukpgan_ros.io import read_transform
+    from ukpgan_ros.pipeline import register_clouds
+    from ukpgan_ros.registration import rotation_error_deg, translation_error
+
+    cfg = _config(args)
+    src, tgt = _load_points(args.source, args.intrinsics), _load_points(args.target, args.intrinsics)
+    t0 = time.perf_counter()
+    res = register_clouds(src, tgt, cfg)
+    total = time.perf_counter() - t0
+    np.set_printoptions(precision=6, suppress=True)
+    print(f"T_target_from_source ({cfg.detector} keypoints, {cfg.descriptor}, {cfg.voxel_size} m voxels):")
+    print(res.T)
+    print(f"success {res.success}{' (' + res.message + ')' if res.message else ''}; fitness {res.fitness:.3f}, "
+          f"inlier RMSE {100 * res.inlier_rmse:.2f} cm, {res.num_inliers}/{res.num_correspondences} inlier matches")
+    print("time: " + ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in res.timings.items()) + f", total {1e3 * total:.0f} ms")
+    if args.gt:
+        T_gt = read_transform(args.gt)
+        re, te = rotation_error_deg(res.T, T_gt), translation_error(res.T, T_gt)
+        print(f"error vs ground truth: rotation {re:.3f} deg, translation {100 * te:.2f} cm")
+    if args.out:
+        np.savetxt(args.out, res.T)
+    return 0 if res.success else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ukpgan_ros.ros.demo import run_demo
+
+    return run_demo(args, _config(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ukpgan", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("detect", help="keypoints of one cloud file or depth PNG")
+    p.add_argument("file")
+    p.add_argument("--intrinsics", help="3x3 K text file for a depth PNG")
+    p.add_argument("--out", help="write keypoints (PLY/PCD/NPY), coloured by saliency")
+    p.add_argument("--png", help="write a picture of cloud and keypoints")
+    _add_pipeline_flags(p, max_range=1000.0, min_range=0.0)
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("register", help="rigid transform between two clouds (T_target_from_source)")
+    p.add_argument("source")
+    p.add_argument("target")
+    p.add_argument("--gt", help="ground-truth 4x4 T_target_from_source to report errors against")
+    p.add_argument("--intrinsics", help="3x3 K text file for depth PNG inputs")
+    p.add_argument("--out", help="write the estimated 4x4 matrix as text")
+    _add_pipeline_flags(p, max_range=1000.0, min_range=0.0, registration="none")
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("demo", help="run the node and a player on a depth stream and score it")
+    p.add_argument("--data", default="synthetic", help="'synthetic' (default) or a 7-Scenes/TUM folder")
+    p.add_argument("--frames", type=int, default=0, help="frames of the sequence to cover (0: all)")
+    p.add_argument("--stride", type=int, default=1, help="publish every k-th frame")
+    p.add_argument("--input", choices=("cloud", "depth"), default="cloud", help="publish clouds or depth images")
+    p.add_argument("--out", default="out/demo", help="folder for the trajectory plot and CSV")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one frame's result")
+    _add_pipeline_flags(p)
+    p.set_defaults(func=cmd_demo)
+
+    for name, module, help_text in (
+        ("train", "ukpgan_ros.model.train", "train the UKPGAN detector (self-supervised)"),
+        ("eval", "ukpgan_ros.evaluation", "evaluate detectors: repeatability, inlier ratio, registration recall"),
+    ):
+        try:
+            mod = __import__(module, fromlist=["add_arguments"])
+        except ImportError as e:  # a missing optional part must not break the other commands
+            p = sub.add_parser(name, help=f"{help_text} (unavailable: {e})")
+            p.set_defaults(func=lambda a, e=e: (print(f"unavailable: {e}", file=sys.stderr), 2)[1])
+            continue
+        p = sub.add_parser(name, help=help_text)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"ukpgan {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

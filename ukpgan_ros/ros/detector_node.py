@@ -1,0 +1,469 @@
+"""The ``ukpgan_detector`` lifecycle node: a thin shell that wires topics, parameters and
+lifecycle around :class:`ukpgan_ros.pipeline.KeypointPipeline`.
+
+Threading: subscription callbacks only park the newest message in a one-slot mailbox (a frame
+that is replaced before it was processed counts as dropped); a worker thread converts and
+processes it and publishes. The executor never blocks on the detector, and latency cannot grow
+behind the camera.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, TransformStamped
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+try:  # Iron and newer
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # Humble
+    from rclpy.qos_event import SubscriptionEventCallbacks
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from visualization_msgs.msg import MarkerArray
+
+from ukpgan_ros.config import ConfigError, PipelineConfig, StreamConfig
+from ukpgan_ros.pointcloud2 import CloudFormatError, depth_msgs_to_points, pointcloud2_to_xyz, xyz_to_pointcloud2
+from ukpgan_ros.ros.messages import keypoint_markers, matrix_to_pose_stamped, matrix_to_transform_stamped, stamp_to_seconds
+
+__all__ = ["UkpganDetectorNode", "main", "LIVE_PARAMETERS"]
+
+# Parameters applied to a running pipeline; all others take effect at the next configure.
+LIVE_PARAMETERS = frozenset({
+    "max_keypoints", "ransac_max_iterations", "ransac_confidence", "icp_refine", "min_inliers",
+    "min_fitness", "publish_tf", "odom_frame", "seed", "min_range", "max_range", "match_against",
+})
+
+
+@dataclass
+class _Stats:
+    """Counters and last values reported on /diagnostics."""
+
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0  # replaced in the mailbox before the worker took them
+    malformed: int = 0  # unparsable or unusable input (logged, skipped)
+    failed_registrations: int = 0
+    errors: int = 0  # unexpected exceptions in processing (logged with traceback)
+    last: dict[str, float] = field(default_factory=dict)
+    last_message: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+
+def _descriptor(f) -> ParameterDescriptor:
+    meta = f.metadata
+    text = meta.get("help", "")
+    if meta.get("choices"):
+        text += f" (one of: {', '.join(meta['choices'])})"
+    d = ParameterDescriptor(description=text)
+    rng = meta.get("range")
+    if rng is not None and isinstance(f.default, float):
+        d.floating_point_range = [FloatingPointRange(from_value=float(rng[0]), to_value=float(rng[1]), step=0.0)]
+    elif rng is not None and isinstance(f.default, int) and not isinstance(f.default, bool):
+        d.integer_range = [IntegerRange(from_value=int(rng[0]), to_value=int(rng[1]), step=1)]
+    if meta.get("choices"):
+        d.additional_constraints = "one of: " + ", ".join(meta["choices"])
+    return d
+
+
+class UkpganDetectorNode(LifecycleNode):
+    """Depth stream in; keypoints, markers, transforms, poses, TF and diagnostics out."""
+
+    def __init__(self, node_name: str = "ukpgan_detector", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self._specs = {f.name: f for f in PipelineConfig.field_specs() + StreamConfig.field_specs()}
+        for name, f in self._specs.items():
+            self.declare_parameter(name, f.default, _descriptor(f))
+        self.declare_parameter("autostart", False, ParameterDescriptor(
+            description="configure and activate on start (for use without a lifecycle manager)"))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._pipeline = None
+        self._cfg: PipelineConfig | None = None
+        self._stream: StreamConfig | None = None
+        self._pubs: dict[str, Any] = {}
+        self._diag_pub = None
+        self._tf = None
+        self._subs: list[Any] = []
+        self._diag_timer = None
+        self._camera_info: CameraInfo | None = None
+        self._mailbox: tuple[str, Any, float] | None = None
+        self._cond = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._running = False
+        self._reliability: ReliabilityPolicy | None = None
+        self._incompatible = False
+        self._stats = _Stats()
+        self._lock = threading.Lock()  # guards _pipeline/_cfg against reconfiguration
+
+    # ------------------------------------------------------------------ parameters
+    def _read_configs(self) -> tuple[PipelineConfig, StreamConfig]:
+        values = {n: self.get_parameter(n).value for n in self._specs}
+        pipe = {k: v for k, v in values.items() if k in PipelineConfig.__dataclass_fields__}
+        stream = {k: v for k, v in values.items() if k in StreamConfig.__dataclass_fields__}
+        return PipelineConfig.from_mapping(pipe), StreamConfig.from_mapping(stream)
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """Reject values the pipeline would refuse, with the reason; apply light ones live."""
+        updates = {p.name: p.value for p in params if p.name in self._specs}
+        if not updates:
+            return SetParametersResult(successful=True)
+        current = {n: self.get_parameter(n).value for n in self._specs}
+        current.update(updates)
+        try:
+            pipe = PipelineConfig.from_mapping({k: v for k, v in current.items() if k in PipelineConfig.__dataclass_fields__})
+            StreamConfig.from_mapping({k: v for k, v in current.items() if k in StreamConfig.__dataclass_fields__})
+        except (ConfigError, TypeError) as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        with self._lock:
+            if self._pipeline is not None:
+                live = {k: getattr(pipe, k) for k in updates if k in LIVE_PARAMETERS}
+                if live:
+                    self._cfg = PipelineConfig.from_mapping({**self._pipeline.cfg.to_dict(), **live})
+                    self._pipeline.cfg = self._cfg
+                rest = sorted(set(updates) - LIVE_PARAMETERS)
+                if rest:
+                    self.get_logger().info(f"{', '.join(rest)} take effect at the next configure")
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # rclpy swallows exceptions raised here: turn every failure into FAILURE with a clear log.
+        try:
+            cfg, stream = self._read_configs()
+            from ukpgan_ros.pipeline import KeypointPipeline
+
+            pipeline = KeypointPipeline(cfg)
+        except Exception as e:  # noqa: BLE001 - any load error must become a logged FAILURE
+            self.get_logger().error(f"configure failed: {type(e).__name__}: {e}")
+            return TransitionCallbackReturn.FAILURE
+        with self._lock:
+            self._cfg, self._stream, self._pipeline = cfg, stream, pipeline
+        self._pubs = {
+            "keypoints": self.create_lifecycle_publisher(PointCloud2, "~/keypoints", 5),
+            "markers": self.create_lifecycle_publisher(MarkerArray, "~/markers", 5),
+            "transform": self.create_lifecycle_publisher(TransformStamped, "~/transform", 10),
+            "pose": self.create_lifecycle_publisher(PoseStamped, "~/pose", 10),
+        }
+        self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._tf = None
+        if cfg.publish_tf:
+            try:
+                from tf2_ros import TransformBroadcaster
+
+                self._tf = TransformBroadcaster(self)
+            except ImportError:
+                self.get_logger().warning("tf2_ros is not importable: TF broadcasting is off "
+                                          "(~/pose and ~/transform are still published)")
+        self._stats = _Stats()
+        self.get_logger().info(
+            f"configured: detector={cfg.detector} descriptor={cfg.descriptor} voxel={cfg.voxel_size} m "
+            f"registration={cfg.registration} input={stream.input}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # super() switches the lifecycle publishers on; without it they silently stay off.
+        ret = super().on_activate(state)
+        self._create_subscriptions()
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name="ukpgan_worker", daemon=True)
+        self._worker.start()
+        self._diag_timer = self.create_timer(self._stream.diagnostics_period, self._publish_diagnostics)
+        self.get_logger().info("active")
+        return ret
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_streaming()
+        ret = super().on_deactivate(state)
+        self._free_cuda()
+        self.get_logger().info("inactive")
+        return ret
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_all()
+        self.get_logger().info("cleaned up")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_streaming()
+        self._release_all()
+        self.get_logger().info("shut down")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_streaming()
+        self._release_all()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_streaming(self) -> None:
+        """Stop taking frames: subscriptions first (they fire even while inactive), then the worker."""
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        with self._cond:
+            self._running = False
+            self._mailbox = None
+            self._cond.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=30.0)
+            self._worker = None
+
+    def _release_all(self) -> None:
+        for pub in self._pubs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._pubs = {}
+        if self._diag_pub is not None:
+            self.destroy_lifecycle_publisher(self._diag_pub)
+            self._diag_pub = None
+        self._tf = None
+        with self._lock:
+            if self._pipeline is not None:
+                self._pipeline.release()
+            self._pipeline = None
+        self._camera_info = None
+        self._free_cuda()
+
+    @staticmethod
+    def _free_cuda() -> None:
+        import sys
+
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ subscriptions
+    def _choose_reliability(self, topic: str) -> ReliabilityPolicy:
+        """auto: best effort if any publisher on the topic is best effort (a reliable reader
+        would silently receive nothing from it), reliable otherwise."""
+        wanted = self._stream.qos_reliability
+        if wanted == "reliable":
+            return ReliabilityPolicy.RELIABLE
+        if wanted == "best_effort":
+            return ReliabilityPolicy.BEST_EFFORT
+        infos = self.get_publishers_info_by_topic(self.resolve_topic_name(topic))
+        if any(i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT for i in infos):
+            return ReliabilityPolicy.BEST_EFFORT
+        return ReliabilityPolicy.RELIABLE
+
+    def _create_subscriptions(self) -> None:
+        stream = self._stream
+        topic = "cloud_in" if stream.input == "cloud" else "depth/image_raw"
+        self._reliability = self._choose_reliability(topic)
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=stream.qos_depth, reliability=self._reliability)
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+        if stream.input == "cloud":
+            self._subs = [self.create_subscription(PointCloud2, "cloud_in", self._on_cloud, qos, event_callbacks=events)]
+        else:
+            self._subs = [
+                self.create_subscription(Image, "depth/image_raw", self._on_depth, qos, event_callbacks=events),
+                self.create_subscription(CameraInfo, "depth/camera_info", self._on_camera_info, qos),
+            ]
+        self.get_logger().info(
+            f"subscribed to {self.resolve_topic_name(topic)} ({self._reliability.name.lower()}, depth {stream.qos_depth})")
+
+    def _on_incompatible_qos(self, event) -> None:
+        if self._stream is not None and self._stream.qos_reliability == "auto":
+            self._incompatible = True  # re-subscribed as best effort from the timer, not inside this callback
+        else:
+            self.get_logger().warning(
+                f"a publisher's QoS is incompatible with this subscription ({event.last_policy_kind}); "
+                "set qos_reliability:=best_effort or auto")
+
+    def _post(self, kind: str, payload: Any) -> None:
+        with self._cond:
+            self._stats.received += 1
+            if self._mailbox is not None:
+                self._stats.dropped += 1
+            self._mailbox = (kind, payload, time.monotonic())
+            self._cond.notify()
+
+    def _on_cloud(self, msg: PointCloud2) -> None:
+        self._post("cloud", msg)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    def _on_depth(self, msg: Image) -> None:
+        info = self._camera_info
+        if info is None:
+            self._stats.malformed += 1
+            self.get_logger().warning("depth image before any camera_info: dropped", throttle_duration_sec=5.0)
+            return
+        self._post("depth", (msg, info))
+
+    # ------------------------------------------------------------------ processing
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while self._running and self._mailbox is None:
+                    self._cond.wait(timeout=0.5)
+                if not self._running:
+                    return
+                kind, payload, received = self._mailbox
+                self._mailbox = None
+            self._process(kind, payload, received)
+
+    def _to_points(self, kind: str, payload: Any) -> tuple[np.ndarray, Any]:
+        if kind == "cloud":
+            return pointcloud2_to_xyz(payload), payload.header
+        image, info = payload
+        stream = self._stream
+        pts = depth_msgs_to_points(image, info, stride=stream.depth_stride, depth_scale=stream.depth_scale)
+        return pts, image.header
+
+    def _process(self, kind: str, payload: Any, received: float) -> None:
+        t0 = time.perf_counter()
+        try:
+            points, header = self._to_points(kind, payload)
+            t_conv = time.perf_counter() - t0
+            with self._lock:
+                if self._pipeline is None:
+                    return
+                result = self._pipeline.process(points)
+                cfg = self._cfg
+        except (CloudFormatError, ValueError) as e:
+            self._stats.malformed += 1
+            self._stats.last_message = f"dropped frame: {e}"
+            self.get_logger().warning(f"dropped frame: {e}", throttle_duration_sec=2.0)
+            return
+        except Exception as e:  # noqa: BLE001 - keep serving; report loudly
+            self._stats.errors += 1
+            self._stats.last_message = f"error: {type(e).__name__}: {e}"
+            self.get_logger().error(f"processing failed: {e}\n{traceback.format_exc()}")
+            return
+        self._publish(result, header, cfg)
+        st = self._stats
+        st.processed += 1
+        st.last = {f"time_{k}_ms": v * 1e3 for k, v in result.timings.items()}
+        st.last.update({
+            "time_convert_ms": t_conv * 1e3,
+            "latency_ms": (time.monotonic() - received) * 1e3,
+            "input_points": float(result.input_points),
+            "working_points": float(result.working_points),
+            "keypoints": float(len(result.keypoints)),
+        })
+        reg = result.registration
+        if reg is not None:
+            st.last.update({"fitness": reg.fitness, "inlier_rmse_m": reg.inlier_rmse,
+                            "inliers": float(reg.num_inliers), "correspondences": float(reg.num_correspondences)})
+            if not reg.success:
+                st.failed_registrations += 1
+                st.last_message = f"registration failed: {reg.message}"
+                self.get_logger().warning(st.last_message, throttle_duration_sec=2.0)
+            else:
+                st.last_message = ""
+
+    def _publish(self, result, header, cfg: PipelineConfig) -> None:
+        kps = result.keypoints
+        self._pubs["keypoints"].publish(xyz_to_pointcloud2(kps.xyz, header, {"saliency": kps.scores}))
+        self._pubs["markers"].publish(keypoint_markers(kps, header, scale=max(0.02, 0.6 * cfg.voxel_size)))
+        reg = result.registration
+        if reg is None or not reg.success:
+            return
+        sensor = header.frame_id
+        tf_msg = matrix_to_transform_stamped(reg.T, header, sensor)
+        if cfg.registration == "reference":
+            tf_msg.header.frame_id = cfg.odom_frame
+        self._pubs["transform"].publish(tf_msg)
+        pose = matrix_to_pose_stamped(result.pose, header)
+        pose.header.frame_id = cfg.odom_frame
+        self._pubs["pose"].publish(pose)
+        if self._tf is not None and cfg.publish_tf and sensor and sensor != cfg.odom_frame:
+            odom_tf = matrix_to_transform_stamped(result.pose, header, sensor)
+            odom_tf.header.frame_id = cfg.odom_frame
+            self._tf.sendTransform(odom_tf)
+
+    # ------------------------------------------------------------------ diagnostics
+    def _publish_diagnostics(self) -> None:
+        if self._incompatible:
+            self._incompatible = False
+            self.get_logger().warning("a best-effort publisher appeared: re-subscribing best effort")
+            for sub in self._subs:
+                self.destroy_subscription(sub)
+            self._stream = StreamConfig(**{**self._stream.to_dict(), "qos_reliability": "best_effort"})
+            self._create_subscriptions()
+        st = self._stats
+        status = DiagnosticStatus(name=f"{self.get_name()}: keypoints and registration",
+                                  hardware_id=self.get_fully_qualified_name())
+        if st.errors:
+            status.level, status.message = DiagnosticStatus.ERROR, st.last_message or "processing errors"
+        elif st.last_message:
+            status.level, status.message = DiagnosticStatus.WARN, st.last_message
+        elif st.processed == 0:
+            status.level, status.message = DiagnosticStatus.WARN, "no frame processed yet"
+        else:
+            status.level, status.message = DiagnosticStatus.OK, "ok"
+        elapsed = max(1e-6, time.monotonic() - st.started)
+        values = {
+            "frames_received": st.received, "frames_processed": st.processed, "frames_dropped": st.dropped,
+            "frames_malformed": st.malformed, "registrations_failed": st.failed_registrations,
+            "errors": st.errors, "rate_hz": st.processed / elapsed,
+            "reliability": self._reliability.name.lower() if self._reliability is not None else "",
+        }
+        values.update(st.last)
+        status.values = [KeyValue(key=k, value=f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in values.items()]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        if self._diag_pub is not None:
+            self._diag_pub.publish(msg)
+
+    def diagnostics_snapshot(self) -> dict[str, Any]:
+        """The counters, for tests and the demo summary."""
+        st = self._stats
+        return {"received": st.received, "processed": st.processed, "dropped": st.dropped,
+                "malformed": st.malformed, "failed": st.failed_registrations, "errors": st.errors, **st.last}
+
+
+def spin_until_signal(nodes, executor=None) -> None:
+    """Spin until SIGINT/SIGTERM, then run each lifecycle node's shutdown transition.
+
+    rclpy's own SIGINT handler would tear the context down before ``on_shutdown`` could run, so
+    callers init rclpy with ``SignalHandlerOptions.NO`` and use this.
+    """
+    executor = executor or SingleThreadedExecutor()
+    for n in nodes:
+        executor.add_node(n)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while rclpy.ok() and not stop.is_set():
+            executor.spin_once(timeout_sec=0.1)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        for n in nodes:
+            if isinstance(n, LifecycleNode):
+                try:
+                    n.trigger_shutdown()
+                except Exception:  # noqa: BLE001 - already finalized
+                    pass
+        executor.shutdown()
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    node = UkpganDetectorNode()
+    if node.get_parameter("autostart").value:
+        if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            node.trigger_activate()
+    try:
+        spin_until_signal([node])
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
