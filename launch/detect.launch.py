@@ -1,0 +1,78 @@
+"""Start the ukpgan_detector lifecycle node (configured and activated unless autostart:=false),
+optionally a depth player (play:=synthetic or a dataset folder) and RViz (use_rviz:=true).
+
+Written against the launch_ros API shared by Humble, Iron, Jazzy and newer.
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.conditions import IfCondition, UnlessCondition
+from launch.events import matches_action
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from launch_ros.substitutions import FindPackageShare
+from lifecycle_msgs.msg import Transition
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = FindPackageShare("ukpgan_ros")
+    arg = LaunchConfiguration
+    args = [
+        DeclareLaunchArgument("params_file", default_value=PathJoinSubstitution([share, "config", "detector.yaml"]),
+                              description="node parameters (YAML)"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the nodes"),
+        DeclareLaunchArgument("input_topic", default_value="/camera/depth/points",
+                              description="PointCloud2 topic the detector subscribes to"),
+        DeclareLaunchArgument("device", default_value="auto", description="auto, cpu or cuda"),
+        DeclareLaunchArgument("autostart", default_value="true", description="configure and activate the node"),
+        DeclareLaunchArgument("use_rviz", default_value="false", description="open RViz with config/ukpgan.rviz"),
+        DeclareLaunchArgument("play", default_value="none",
+                              description="none, synthetic, or a 7-Scenes/TUM folder to replay into input_topic"),
+        DeclareLaunchArgument("rate", default_value="0.0", description="player rate in Hz (0: sequence rate)"),
+    ]
+
+    detector = LifecycleNode(
+        package="ukpgan_ros",
+        executable="detector",
+        name="ukpgan_detector",
+        namespace=arg("namespace"),
+        parameters=[arg("params_file"), {"device": arg("device")}],
+        remappings=[("cloud_in", arg("input_topic"))],
+        output="screen",
+    )
+    configure = EmitEvent(
+        event=ChangeState(lifecycle_node_matcher=matches_action(detector),
+                          transition_id=Transition.TRANSITION_CONFIGURE),
+        condition=IfCondition(arg("autostart")),
+    )
+    # Only after configuring: a later deactivate must not bounce straight back to active.
+    activate = RegisterEventHandler(
+        OnStateTransition(
+            target_lifecycle_node=detector,
+            start_state="configuring",
+            goal_state="inactive",
+            entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(detector),
+                                                  transition_id=Transition.TRANSITION_ACTIVATE))],
+        ),
+        condition=IfCondition(arg("autostart")),
+    )
+    player = Node(
+        package="ukpgan_ros",
+        executable="depth_player",
+        name="depth_player",
+        namespace=arg("namespace"),
+        parameters=[{"source": arg("play"), "rate": arg("rate"), "loop": True}],
+        remappings=[("cloud_in", arg("input_topic"))],
+        output="screen",
+        condition=UnlessCondition(PythonExpression(["'", arg("play"), "' == 'none'"])),
+    )
+    rviz = Node(
+        package="rviz2",
+        executable="rviz2",
+        name="rviz2",
+        arguments=["-d", PathJoinSubstitution([share, "config", "ukpgan.rviz"])],
+        condition=IfCondition(arg("use_rviz")),
+    )
+    return LaunchDescription([*args, activate, detector, configure, player, rviz])
