@@ -18,6 +18,15 @@ from ukpgan_ros.model.losses import (
 from ukpgan_ros.model.networks import Encoder, ModelConfig, UkpganNet, salient_code, tree_arch
 from ukpgan_ros.model.shapes import SHAPE_KINDS, Part, random_rotation, random_shape, sample_surface
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Training tests are tiny; one thread avoids oversubscribing a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 SMALL = ModelConfig(hidden_dim=32, hidden_layers=1, emb_dim=16, code_dim=32, critic_dims=(64, 16))
 
 
@@ -189,3 +198,144 @@ def test_random_shape_validation_and_rotation() -> None:
     r = random_rotation(np.random.default_rng(0))
     np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
     assert np.linalg.det(r) == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------ data, training, checkpoints
+from ukpgan_ros.model.checkpoint import export_encoder, load_encoder, read_metadata  # noqa: E402
+from ukpgan_ros.model.dataset import DataOptions, SampleSet, build_dataset, parse_source, shape_sample  # noqa: E402
+from ukpgan_ros.model.train import LOG_FIELDS, TrainOptions, train  # noqa: E402
+
+TINY = ModelConfig(hidden_dim=16, hidden_layers=1, emb_dim=8, code_dim=16, critic_dims=(32,))
+
+
+def _geometric_features(points, normals, radius, query_idx):
+    """A cheap rotation-invariant stand-in for SHOT: neighbour-count histogram over radii."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(points)
+    radii = np.linspace(radius / 8, radius, 8)
+    counts = np.stack([[len(n) for n in tree.query_ball_point(points[query_idx], r)] for r in radii], 1)
+    return np.repeat(counts / counts[:, -1:], 44, axis=1).astype(np.float32)  # 8 x 44 = 352
+
+
+def _random_set(n: int = 6, seed: int = 0) -> SampleSet:
+    g = torch.Generator().manual_seed(seed)
+    target = torch.rand(n, 2048, 3, generator=g) * 1.8 - 0.9
+    partner = torch.full((n, 2048), -1, dtype=torch.long)
+    partner[0] = torch.arange(2048).flip(0)  # one "symmetric" sample exercises the symmetry term
+    return SampleSet(target, torch.rand(n, 2048, 352, generator=g).half(), partner, ["r"] * n)
+
+
+def test_shape_sample_targets_and_features() -> None:
+    opts = DataOptions(num_points=2048)
+    calls = []
+
+    def feats(points, normals, radius, query):
+        calls.append((len(points), radius, len(query)))
+        assert normals.shape == points.shape
+        return _geometric_features(points, normals, radius, query)
+
+    s = shape_sample(np.random.default_rng(0), opts, feats)
+    assert s.target.shape == (2048, 3) and s.features.shape == (2048, 352)
+    assert np.linalg.norm(s.target, axis=1).max() <= 0.95
+    n_support, radius, n_query = calls[0]
+    assert n_query == 2048 and 1.1 * 2048 <= n_support <= 1.6 * 2048 + 1
+    # the voxel size adapts to the shape: the feature radius is radius_voxels voxels
+    assert 0.005 < radius / opts.feature.radius_voxels < 0.1
+    # mirror partners of a symmetric shape are mostly mutual
+    assert (s.partner[s.partner] == np.arange(2048)).mean() > 0.5
+    # same generator seed, same sample (features computed after a random pose)
+    s2 = shape_sample(np.random.default_rng(0), opts, _geometric_features)
+    np.testing.assert_array_equal(s.target, s2.target)
+    np.testing.assert_allclose(s.features, s2.features)
+
+
+def test_build_dataset_caches_and_validates(tmp_path) -> None:
+    opts = DataOptions()
+    a = build_dataset(["shapes:2"], opts, cache_dir=tmp_path, features=_geometric_features, progress=False)
+    assert len(a) == 2 and a.features.dtype == torch.float16
+    assert len(list(tmp_path.glob("dataset-*.npz"))) == 1
+
+    def boom(*_):
+        raise AssertionError("cache not used")
+
+    b = build_dataset(["shapes:2"], opts, cache_dir=tmp_path, features=boom, progress=False)
+    assert torch.equal(a.features, b.features) and torch.equal(a.target, b.target)
+    assert parse_source("shapes:5") == ("shapes", 5)
+    for bad in ("shapes", "nowhere/at/all:3", "shapes:0"):
+        with pytest.raises(ValueError):
+            parse_source(bad)
+
+
+def _weights(net) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+
+def test_training_is_deterministic_and_resumes_exactly(tmp_path) -> None:
+    data = _random_set()
+    opts = TrainOptions(steps=6, batch_size=2, log_every=2, checkpoint_every=3, model=TINY)
+    net_a, rows_a = train(data, opts, torch.device("cpu"), tmp_path / "a", progress=False)
+    net_b, _ = train(data, opts, torch.device("cpu"), tmp_path / "b", progress=False)
+    assert torch.equal(_weights(net_a), _weights(net_b))
+    other = TrainOptions(steps=6, batch_size=2, log_every=2, checkpoint_every=3, model=TINY, seed=1)
+    assert not torch.equal(_weights(train(data, other, torch.device("cpu"), tmp_path / "s", progress=False)[0]),
+                           _weights(net_a))
+    # stop after 3 steps, then resume to 6: identical to the uninterrupted run
+    half = TrainOptions(steps=3, batch_size=2, log_every=2, checkpoint_every=3, model=TINY)
+    train(data, half, torch.device("cpu"), tmp_path / "c", progress=False)
+    net_c, _ = train(data, opts, torch.device("cpu"), tmp_path / "c", resume=True, progress=False)
+    assert torch.equal(_weights(net_c), _weights(net_a))
+    header = (tmp_path / "a" / "train_log.csv").read_text().splitlines()[0]
+    assert header.split(",") == list(LOG_FIELDS)
+    assert [r["step"] for r in rows_a] == [2, 4, 6]
+    assert all(np.isfinite(r[k]) for r in rows_a for k in LOG_FIELDS)
+    with pytest.raises(FileNotFoundError, match="resume"):
+        train(data, opts, torch.device("cpu"), tmp_path / "missing", resume=True, progress=False)
+    with pytest.raises(ValueError, match="model config"):
+        train(data, TrainOptions(steps=6, batch_size=2, model=SMALL), torch.device("cpu"), tmp_path / "c",
+              resume=True, progress=False)
+
+
+def test_training_reduces_reconstruction(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    pts, _ = sample_surface(random_shape(rng, ("table",)), 2048, rng)
+    g = torch.Generator().manual_seed(0)
+    data = SampleSet(torch.from_numpy(pts)[None].repeat(2, 1, 1), torch.rand(2, 2048, 352, generator=g).half(),
+                     torch.full((2, 2048), -1, dtype=torch.long), ["r", "r"])
+    opts = TrainOptions(steps=60, batch_size=2, log_every=10, lr=1e-2, model=TINY)
+    _, rows = train(data, opts, torch.device("cpu"), tmp_path, progress=False)
+    assert rows[-1]["loss_recon"] < 0.7 * rows[0]["loss_recon"]
+
+
+def test_adversarial_training_pulls_probabilities_to_the_beta_prior(tmp_path) -> None:
+    g = torch.Generator().manual_seed(0)
+    data = SampleSet(torch.rand(4, 2048, 3, generator=g), torch.randn(4, 2048, 352, generator=g).half(),
+                     torch.full((4, 2048), -1, dtype=torch.long), ["r"] * 4)
+    feats = data.features[0].float()
+    start = UkpganNet(TINY).encoder.eval().probabilities(feats)
+    assert ((start > 0.1) & (start < 0.9)).float().mean() > 0.9  # untrained: everything near 0.5
+    opts = TrainOptions(steps=150, batch_size=2, log_every=50, lr=3e-3, recon_weight=0.0, model=TINY)
+    net, _ = train(data, opts, torch.device("cpu"), tmp_path, progress=False)
+    p = net.encoder.eval().probabilities(feats)
+    share = (p > 0.5).float().mean().item()
+    assert abs(share - TINY.prior_mean) < 0.08  # Beta(0.01, 0.05): 1/6 of points are keypoints
+    assert ((p > 0.1) & (p < 0.9)).float().mean() < 0.15  # and the rest is bimodal
+
+
+def test_export_and_load_roundtrip(tmp_path) -> None:
+    torch.manual_seed(0)
+    net = UkpganNet(TINY)
+    path = export_encoder(tmp_path / "m.safetensors", net.encoder, TINY,
+                          {"feature": {"kind": "shot", "radius_voxels": 6.0}, "note": "x"})
+    enc, meta = load_encoder(path, "cpu")
+    feats = torch.randn(100, 352)
+    np.testing.assert_array_equal(enc.probabilities(feats).numpy(), net.encoder.eval().probabilities(feats).numpy())
+    assert meta["note"] == "x" and meta["model"] == TINY.to_dict()
+    assert (tmp_path / "m.json").is_file() and read_metadata(path) == meta
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_encoder(tmp_path / "nope.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00garbage")
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        load_encoder(tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="feature"):
+        export_encoder(tmp_path / "x.safetensors", net.encoder, TINY, {})
