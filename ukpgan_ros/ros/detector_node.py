@@ -426,23 +426,33 @@ class UkpganDetectorNode(LifecycleNode):
                 "malformed": st.malformed, "failed": st.failed_registrations, "errors": st.errors, **st.last}
 
 
-def spin_until_signal(nodes, executor=None) -> None:
-    """Spin until SIGINT/SIGTERM, then run each lifecycle node's shutdown transition.
+class StopOnSignal:
+    """Turns SIGINT/SIGTERM into an Event for the lifetime of a ``with`` block.
 
     rclpy's own SIGINT handler would tear the context down before ``on_shutdown`` could run, so
-    callers init rclpy with ``SignalHandlerOptions.NO`` and use this.
+    callers init rclpy with ``SignalHandlerOptions.NO`` and install this before doing anything
+    that a user may interrupt.
     """
+
+    def __enter__(self) -> threading.Event:
+        self.stop = threading.Event()
+        self._previous = {s: signal.signal(s, lambda *_: self.stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self.stop
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+
+def spin_until_signal(nodes, stop: threading.Event, executor=None) -> None:
+    """Spin until ``stop`` is set, then run each lifecycle node's shutdown transition."""
     executor = executor or SingleThreadedExecutor()
     for n in nodes:
         executor.add_node(n)
-    stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while rclpy.ok() and not stop.is_set():
             executor.spin_once(timeout_sec=0.1)
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
         for n in nodes:
             if isinstance(n, LifecycleNode):
                 try:
@@ -454,15 +464,16 @@ def spin_until_signal(nodes, executor=None) -> None:
 
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    node = UkpganDetectorNode()
-    if node.get_parameter("autostart").value:
-        if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            node.trigger_activate()
-    try:
-        spin_until_signal([node])
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    with StopOnSignal() as stop:
+        node = UkpganDetectorNode()
+        try:
+            if node.get_parameter("autostart").value:
+                if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                    node.trigger_activate()
+            spin_until_signal([node], stop)
+        finally:
+            node.destroy_node()
+            rclpy.try_shutdown()
 
 
 if __name__ == "__main__":

@@ -107,20 +107,21 @@ class DepthPlayerNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    from ukpgan_ros.ros.detector_node import spin_until_signal
+    from ukpgan_ros.ros.detector_node import StopOnSignal, spin_until_signal
 
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    try:
-        node = DepthPlayerNode()
-    except (ValueError, FileNotFoundError) as e:
-        print(f"depth_player: {e}")
-        rclpy.try_shutdown()
-        raise SystemExit(2)
-    try:
-        spin_until_signal([node])
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    with StopOnSignal() as stop:
+        try:
+            node = DepthPlayerNode()
+        except (ValueError, FileNotFoundError) as e:
+            print(f"depth_player: {e}", flush=True)
+            rclpy.try_shutdown()
+            raise SystemExit(2)
+        try:
+            spin_until_signal([node], stop)
+        finally:
+            node.destroy_node()
+            rclpy.try_shutdown()
 
 
 if __name__ == "__main__":
