@@ -31,6 +31,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("play", default_value="none",
                               description="none, synthetic, or a 7-Scenes/TUM folder to replay into input_topic"),
         DeclareLaunchArgument("rate", default_value="0.0", description="player rate in Hz (0: sequence rate)"),
+        DeclareLaunchArgument("shm_profile", default_value=PathJoinSubstitution([share, "config", "fastdds_shm.xml"]),
+                              description="Fast DDS profile for the player (shared memory for large clouds)"),
     ]
 
     detector = LifecycleNode(
@@ -65,6 +67,8 @@ def generate_launch_description() -> LaunchDescription:
         namespace=arg("namespace"),
         parameters=[{"source": arg("play"), "rate": arg("rate"), "loop": True}],
         remappings=[("cloud_in", arg("input_topic"))],
+        # A publisher of 5 MB clouds needs a big shared-memory segment (see README: transport).
+        additional_env={"FASTDDS_DEFAULT_PROFILES_FILE": arg("shm_profile")},
         output="screen",
         condition=UnlessCondition(PythonExpression(["'", arg("play"), "' == 'none'"])),
     )

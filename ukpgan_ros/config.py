@@ -138,7 +138,7 @@ class StreamConfig(_Fields):
         "auto", "subscription reliability; auto matches the publishers (best_effort if any is)",
         choices=("auto", "reliable", "best_effort"),
     )
-    qos_depth: int = _f(1, "subscription queue depth (the node keeps only the newest frame)", range=(1, 100))
+    qos_depth: int = _f(5, "subscription queue depth; the node still processes only the newest frame", range=(1, 100))
     depth_stride: int = _f(1, "use every k-th depth pixel row/column (depth input)", range=(1, 16))
     depth_scale: float = _f(1000.0, "16UC1 depth units per metre (1000: millimetres)", range=(1.0, 100000.0))
     diagnostics_period: float = _f(1.0, "seconds between /diagnostics messages", range=(0.05, 60.0))
