@@ -11,7 +11,7 @@ $(VENV)/.ready: requirements.txt setup.py scripts/setup.sh
 	touch $@
 
 demo: setup
-	$(BIN)/ukpgan demo --frames 150 --stride 5
+	$(BIN)/ukpgan demo --stride 4
 
 test: setup
 	$(BIN)/python -m pytest -q test
