@@ -82,7 +82,8 @@ class PipelineConfig(_Fields):
         "consecutive", "none, consecutive frames (odometry) or against reference_cloud",
         choices=("none", "consecutive", "reference"),
     )
-    reference_cloud: str = _f("", "PLY/PCD/NPY cloud to localise against when registration=reference")
+    reference_cloud: str = _f(
+        "", "PLY/PCD/NPY cloud to localise against when registration=reference (seen from its frame origin)")
     ransac_max_iterations: int = _f(100000, "RANSAC iteration cap", range=(100, 10000000))
     ransac_confidence: float = _f(0.999, "RANSAC stop confidence", range=(0.5, 0.999999))
     icp_refine: bool = _f(True, "refine RANSAC with point-to-plane ICP on the voxel clouds")

@@ -64,8 +64,9 @@ class KeypointPipeline:
                 from ukpgan_ros.io import read_cloud
 
                 reference_points = read_cloud(cfg.reference_cloud)
-            # A map/model is not seen from the origin: leave normal signs to PCA.
-            self._reference = self._features(reference_points, {}, viewpoint=None, crop=False, dense_needed=True)
+            # FPFH needs consistent normal signs: like a recorded frame or a 3DMatch fragment, the
+            # reference is taken to be seen from the origin of its own frame.
+            self._reference = self._features(reference_points, {}, crop=False, dense_needed=True)
 
     def reset(self) -> None:
         """Forget the stream (previous frame and pose); keep the model and the reference."""

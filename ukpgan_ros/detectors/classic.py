@@ -99,10 +99,10 @@ def farthest_point_sampling(points: np.ndarray, k: int, start: int = 0) -> np.nd
     k = min(k, n)
     if k == 0:
         return np.zeros(0, np.int64)
-    pts = points.astype(np.float32, copy=False)
+    pts = points.astype(np.float64)  # float32 distances tie and reorder the samples
     idx = np.empty(k, np.int64)
     idx[0] = start
-    d2 = np.full(n, np.inf, np.float32)
+    d2 = np.full(n, np.inf)
     for j in range(1, k):
         diff = pts - pts[idx[j - 1]]
         np.minimum(d2, np.einsum("ij,ij->i", diff, diff), out=d2)

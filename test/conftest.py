@@ -1,0 +1,50 @@
+"""Shared test fixtures: paths to the real data beside the project, skipping when absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DATA = SHARED / "data"
+
+
+def need(path: Path) -> Path:
+    """The path, or a skip saying which shared data set is missing."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent: this test needs the real data in ../shared (see README)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def redkitchen_pair():
+    """3DMatch redkitchen fragments 1 -> 0 with the benchmark's ground truth."""
+    from ukpgan_ros.io import read_cloud, read_transform
+
+    d = need(DATA / "3dmatch-redkitchen")
+    return read_cloud(d / "cloud_bin_1.ply"), read_cloud(d / "cloud_bin_0.ply"), read_transform(d / "gt_T_0_from_1.txt")
+
+
+@pytest.fixture(scope="session")
+def seven_scenes():
+    from ukpgan_ros.io import SevenScenesSequence
+
+    return SevenScenesSequence(need(DATA / "7scenes-redkitchen"))
+
+
+def random_rigid(rng: np.random.Generator, max_angle_deg: float = 180.0, max_t: float = 1.0) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_rotvec(axis * np.radians(rng.uniform(0, max_angle_deg))).as_matrix()
+    T[:3, 3] = rng.uniform(-max_t, max_t, 3)
+    return T
+
+
+def transform(points: np.ndarray, T: np.ndarray) -> np.ndarray:
+    return (points @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
