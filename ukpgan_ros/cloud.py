@@ -41,11 +41,15 @@ def crop_range(points: np.ndarray, min_range: float, max_range: float) -> np.nda
 
 
 def voxel_downsample(points: np.ndarray, voxel: float) -> np.ndarray:
-    """Average the points of each occupied voxel (Open3D's voxel grid); voxel <= 0 is a no-op."""
+    """Average the points of each occupied voxel; voxel <= 0 is a no-op.
+
+    Open3D's legacy voxel grid (anchored at min_bound - voxel/2): 7 ms for a 270 k-point
+    640x480 frame here, against 57 ms for the tensor API and 65 ms for np.unique.
+    """
     if voxel <= 0 or len(points) == 0:
         return points
-    pcd = o3d.t.geometry.PointCloud(o3d.core.Tensor(np.ascontiguousarray(points, dtype=np.float32)))
-    return pcd.voxel_down_sample(float(voxel)).point.positions.numpy().astype(np.float32, copy=False)
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
+    return np.asarray(pcd.voxel_down_sample(float(voxel)).points, dtype=np.float32)
 
 
 def estimate_normals(
