@@ -25,6 +25,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
+from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from ukpgan_ros.pointcloud2 import camera_info_msg, depth_to_image_msg, pointcloud2_fields, xyz_to_pointcloud2  # noqa: E402
 from ukpgan_ros.registration import rotation_error_deg, translation_error  # noqa: E402
@@ -53,10 +54,11 @@ class Harness:
         self.node = UkpganDetectorNode(name, context=self.ctx,
                                        parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
         self.probe = rclpy.create_node("probe", context=self.ctx)
-        self.got: dict[str, list] = {"keypoints": [], "transform": [], "pose": [], "diagnostics": []}
+        self.got: dict[str, list] = {"keypoints": [], "transform": [], "pose": [], "diagnostics": [], "markers": []}
         base = f"/{name}"
         for key, typ, topic in (("keypoints", PointCloud2, f"{base}/keypoints"), ("transform", TransformStamped, f"{base}/transform"),
-                                ("pose", PoseStamped, f"{base}/pose"), ("diagnostics", DiagnosticArray, "/diagnostics")):
+                                ("pose", PoseStamped, f"{base}/pose"), ("diagnostics", DiagnosticArray, "/diagnostics"),
+                                ("markers", MarkerArray, f"{base}/markers")):
             self.probe.create_subscription(typ, topic, self.got[key].append, 50)
         self.change = self.probe.create_client(ChangeState, f"{base}/change_state")
         self.get_state = self.probe.create_client(GetState, f"{base}/get_state")
@@ -160,6 +162,10 @@ def test_clouds_in_keypoints_transforms_pose_and_diagnostics_out(harness_factory
     assert kps[0].header.frame_id == "cam" and kps[0].width == 128
     sal = pointcloud2_fields(kps[0], ["saliency"])["saliency"]
     assert np.all(np.diff(sal) <= 0), "keypoints are sorted by saliency"
+
+    markers = h.wait("markers", 3)
+    assert markers[-1].markers[0].action == Marker.DELETEALL
+    assert len(markers[-1].markers[1].points) == 128 and markers[-1].markers[1].header.frame_id == "cam"
 
     tfs = h.wait("transform", 2)
     poses = h.wait("pose", 2)
@@ -326,3 +332,24 @@ def test_sigint_runs_on_shutdown():
     log = "".join(lines) + out
     assert proc.returncode == 0, log
     assert "shut down" in log, log
+
+
+def test_tf_odom_to_sensor_is_broadcast(harness_factory, frames):
+    pytest.importorskip("tf2_ros", reason="tf2_ros is not installed (not on PyPI); TF is tested on ROS installs")
+    from tf2_msgs.msg import TFMessage
+
+    h = harness_factory({**FAST, "voxel_size": 0.05, "max_keypoints": 128, "odom_frame": "odom"})
+    tf_msgs: list = []
+    h.probe.create_subscription(TFMessage, "/tf", tf_msgs.append, 10)
+    assert h.transition(Transition.TRANSITION_CONFIGURE) and h.transition(Transition.TRANSITION_ACTIVATE)
+    pub = h.publisher(PointCloud2, "/cloud_in")
+    time.sleep(0.5)
+    for i, f in enumerate(frames[:2]):
+        pub.publish(_cloud(f, 50.0 + i))
+        h.wait("keypoints", i + 1)
+    h.wait("pose", 1)
+    deadline = time.monotonic() + 5
+    while not tf_msgs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t = tf_msgs[-1].transforms[0]
+    assert t.header.frame_id == "odom" and t.child_frame_id == "cam"
