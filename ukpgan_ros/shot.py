@@ -1,0 +1,584 @@
+"""SHOT local reference frames and descriptors in torch, equal to PCL 1.13, on any device.
+
+SHOT (Signature of Histograms of OrienTations; Salti, Tombari, Di Stefano, CVIU 2014) describes
+the sphere of radius R around a point in a repeatable local reference frame (LRF):
+
+* LRF (PCL ``SHOTLocalReferenceFrameEstimation``): the covariance of the neighbours' offsets from
+  the query point (not from their centroid), each weighted by ``R - d``; x is the eigenvector of
+  the largest eigenvalue, z of the smallest, each pointed towards the majority of the offsets
+  (ties go to the five neighbours around the median distance); y = z x x.
+* Descriptor (PCL ``SHOTEstimation``): 32 volumes (8 azimuth x 2 elevation x 2 radial shells split
+  at R/2) each hold an 11-bin histogram of ``cos(normal of the neighbour, LRF z)``. Every
+  neighbour votes into its own bin with weight ``4 - sum of four distances`` and into the
+  adjacent cosine bin, radial shell, elevation half and azimuth sector with those distances
+  (PCL's additive "quadrilinear" interpolation); the 352 values are L2-normalised.
+
+Everything is computed on flat (query, neighbour) pairs from :mod:`ukpgan_ros.neighbors` in query
+chunks, with vectorised gathers and ``index_add_`` — no Python loop over points, no padding, and
+no device synchronisation beyond a few sizes per chunk. PCL's rules are reproduced exactly,
+including its quirks:
+
+* the covariance is centred on the query point; neighbours at the query's exact position are
+  skipped for the LRF and the descriptor but count towards PCL's "at least 5 neighbours";
+* the cosine bin wraps modulo 10 (not 11): a cosine just below 0.9 interpolates into bin 0;
+* neighbours with a NaN normal are skipped in the histogram but still shape the LRF;
+* on the z axis (x = y = 0) a neighbour has no azimuth term and sits in sector 0.
+
+Deliberate deviations, all at float-rounding level:
+
+* per-pair arithmetic runs in float32 (PCL mixes float and double); the 3x3 covariance sums are
+  float32 and only the eigen-decomposition runs in float64, as in PCL;
+* the elevation angle is ``atan2(hypot(x, y), z)`` instead of ``acos(z / d)``: equal in exact
+  arithmetic, but float32 ``acos`` loses ~1e-4 rad next to the z axis;
+* invalid points (fewer than 5 distinct neighbours or a degenerate frame) get zero descriptors and
+  zero frames with ``valid = False`` where PCL writes NaN;
+* ``max_neighbors`` (default: no cap) keeps only the nearest neighbours, PCL has no such cap.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ukpgan_ros.neighbors import (
+    RadiusGrid,
+    _check_batch,
+    _check_cloud,
+    _iter_chunks,
+    build_grid,
+    default_chunk_size,
+)
+
+__all__ = [
+    "SHOT_DIM",
+    "ShotResult",
+    "shot_lrf",
+    "shot_descriptors",
+    "estimate_normals",
+    "compute_shot",
+]
+
+SHOT_DIM = 352
+_N_BINS = 10  # PCL's nr_shape_bins_: 11 bins per volume, interpolation wraps modulo 10
+_MIN_NEIGHBORS = 5
+_PI = math.pi
+
+
+class ShotResult(NamedTuple):
+    """descriptors ``[Q, 352]`` (unit L2 norm, zero where invalid), lrf ``[Q, 3, 3]`` (rows are
+    the x, y, z axes, zero where invalid), valid ``[Q]`` bool."""
+
+    descriptors: Tensor
+    lrf: Tensor
+    valid: Tensor
+
+
+class _Frames(NamedTuple):
+    lrf: Tensor  # [nq, 3, 3] float32 rows x, y, z
+    valid: Tensor  # [nq] bool
+    xyz: tuple[Tensor, Tensor, Tensor]  # [P] x, y, z of the neighbour offsets in the frame
+    use: Tensor  # [P] bool: pair is not at the query's own position
+    dist: Tensor  # [P] |offset|
+    z_axis: Tensor  # [3, P] unsigned z axis of the pair's query
+    z_sign: Tensor  # [P] sign that turns ``z_axis`` into the frame's z
+
+
+class _Clock:
+    """Adds wall time per stage to ``timings`` (no-op when it is None)."""
+
+    def __init__(self, timings: dict[str, float] | None, device: torch.device):
+        self.timings, self.cuda, self.t = timings, device.type == "cuda", 0.0
+        self.device = device
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def start(self) -> None:
+        if self.timings is not None:
+            self.t = self._now()
+
+    def stop(self, key: str) -> None:
+        if self.timings is not None:
+            t = self._now()
+            self.timings[key] = self.timings.get(key, 0.0) + t - self.t
+            self.t = t
+
+
+def _check_radius(radius: float, name: str = "radius") -> float:
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)):
+        raise ValueError(f"{name} must be a number, got {type(radius).__name__}")
+    if not (math.isfinite(radius) and radius > 0):
+        raise ValueError(f"{name} must be positive and finite, got {radius}")
+    return float(radius)
+
+
+def _segment_sum(values: Tensor, qid: Tensor, nq: int) -> Tensor:
+    """Per-query sums of the rows of ``values`` ([k, P]) -> [k, nq]."""
+    out = torch.zeros(values.shape[0], nq, dtype=values.dtype, device=values.device)
+    return out.index_add_(1, qid, values)
+
+
+def _eigvec3(a: Tensor, b: Tensor, c: Tensor, d: Tensor, e: Tensor, f: Tensor, lam: Tensor
+             ) -> tuple[Tensor, Tensor]:
+    """Unit eigenvector of [[a b c], [b d e], [c e f]] for eigenvalue ``lam`` (batched), as the
+    largest cross product of two rows of ``A - lam I``; also that cross product's squared norm
+    (tiny when ``lam`` is a repeated eigenvalue and the direction is not defined)."""
+    r0 = torch.stack([a - lam, b, c], -1)
+    r1 = torch.stack([b, d - lam, e], -1)
+    r2 = torch.stack([c, e, f - lam], -1)
+    cands = torch.stack([torch.linalg.cross(r0, r1, dim=-1), torch.linalg.cross(r0, r2, dim=-1),
+                         torch.linalg.cross(r1, r2, dim=-1)], 1)  # [nq, 3, 3]
+    n2 = (cands * cands).sum(-1)
+    best, k = n2.max(1)
+    v = torch.gather(cands, 1, k[:, None, None].expand(-1, 1, 3)).squeeze(1)
+    return v / best.clamp(min=1e-300).sqrt()[:, None], best
+
+
+def _principal_axes(cov6: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Eigenvectors of the largest and smallest eigenvalue of symmetric 3x3 matrices in float64,
+    given as rows ``xx, xy, xz, yy, yz, zz`` of ``cov6`` [6, nq]; and a validity flag.
+
+    Closed form (trigonometric eigenvalues, eigenvectors from cross products): one vectorised
+    pass, several times faster than LAPACK's per-matrix calls on CPU, and unlike
+    ``torch.linalg.eigh`` it never synchronises a CUDA device. Where an eigenvalue is repeated
+    the direction is arbitrary (as in any solver) and a vector orthogonal to the other axis is
+    returned; PCL's result is arbitrary there too.
+    """
+    a, b, c, d, e, f = cov6
+    m = (a + d + f) / 3
+    a_, d_, f_ = a - m, d - m, f - m
+    p2 = (a_ * a_ + d_ * d_ + f_ * f_ + 2 * (b * b + c * c + e * e)) / 6
+    q = (a_ * (d_ * f_ - e * e) - b * (b * f_ - e * c) + c * (b * e - d_ * c)) / 2
+    p = p2.sqrt()
+    r = (q / (p2 * p).clamp(min=1e-300)).clamp(-1.0, 1.0)
+    phi = torch.acos(r) / 3
+    lam_max = m + 2 * p * torch.cos(phi)
+    lam_min = m + 2 * p * torch.cos(phi + 2 * _PI / 3)
+    v_max, n_max = _eigvec3(a, b, c, d, e, f, lam_max)
+    v_min, n_min = _eigvec3(a, b, c, d, e, f, lam_min)
+    scale = (p2 * 6) ** 2  # ~ squared norm of the rows' cross products when eigenvalues differ
+    ok_max = n_max > 1e-24 * scale
+    ok_min = n_min > 1e-24 * scale
+    # repeated eigenvalue: take a unit vector orthogonal to the well-defined axis
+    def orth(v: Tensor) -> Tensor:
+        axis = torch.zeros_like(v).scatter_(1, v.abs().argmin(1, keepdim=True), 1.0)
+        w = torch.linalg.cross(v, axis, dim=1)
+        return w / torch.linalg.vector_norm(w, dim=1, keepdim=True)
+    ex = torch.zeros_like(v_max)
+    ex[:, 0] = 1
+    ez = torch.zeros_like(v_max)
+    ez[:, 2] = 1
+    v_max_fb = torch.where(ok_min[:, None], orth(v_min), ex)
+    v_min_fb = torch.where(ok_max[:, None], orth(v_max), ez)
+    v_max = torch.where(ok_max[:, None], v_max, v_max_fb)
+    v_min = torch.where(ok_min[:, None], v_min, v_min_fb)
+    ok = torch.isfinite(cov6).all(0) & (a + d + f > 0)
+    return v_max, v_min, ok
+
+
+def _tie_votes(
+    ties: Tensor, s: Tensor, qid: Tensor, d2: Tensor, n: Tensor
+) -> Tensor:
+    """PCL's fallback when an axis has as many offsets on each side (``2 * #(s >= 0) == n``).
+
+    For the queries flagged in ``ties`` ([nq] bool) and each row of ``s`` ([k, P] projections),
+    counts ``s > 0`` among the five distinct neighbours around the median distance (ranks
+    n//2 - 2 .. n//2 + 2 in increasing distance, ties in distance broken by grid order) and
+    returns the counts [k, nq] (the axis is kept when at least 3 of 5 agree).
+    """
+    votes = torch.zeros(s.shape[0], ties.shape[0], dtype=s.dtype, device=s.device)
+    sel = torch.nonzero(ties.index_select(0, qid) & (d2 > 0)).squeeze(1)
+    if sel.numel() == 0:
+        return votes
+    sel = sel.index_select(0, torch.argsort(d2.index_select(0, sel), stable=True))
+    sel = sel.index_select(0, torch.argsort(qid.index_select(0, sel), stable=True))
+    qs = qid.index_select(0, sel)
+    n_tie = n * ties
+    first = torch.cumsum(n_tie, 0) - n_tie
+    rank = torch.arange(sel.numel(), device=qid.device) - first.index_select(0, qs)
+    mid = torch.div(n, 2, rounding_mode="floor").index_select(0, qs)
+    pick = ((rank >= mid - 2) & (rank <= mid + 2)).to(s.dtype)
+    return votes.index_add_(1, qs, (s.index_select(1, sel) > 0).to(s.dtype) * pick)
+
+
+def _frames(
+    qid: Tensor, delta: Tensor, d2: Tensor, kept: Tensor, radius: float
+) -> _Frames:
+    """SHOT LRF for a chunk of pairs: ``delta`` [3, P] = neighbour - query, ``d2`` = |delta|^2,
+    ``kept`` [nq] = pairs per query. Also returns each pair's offset in its frame.
+
+    The covariance is not divided by the weight sum: eigenvectors do not depend on its scale,
+    and "weight sum > 0" (PCL's NaN check) is "trace > 0".
+    """
+    nq = kept.shape[0]
+    dx, dy, dz = delta[0], delta[1], delta[2]
+    p = d2.shape[0]
+    dist = torch.sqrt(d2)
+    wd = delta * torch.sub(radius, dist)  # coincident points have delta = 0 and add nothing
+    terms = torch.empty(6, p, dtype=delta.dtype, device=delta.device)
+    torch.mul(wd[0], dx, out=terms[0])
+    torch.mul(wd[0], dy, out=terms[1])
+    torch.mul(wd[0], dz, out=terms[2])
+    torch.mul(wd[1], dy, out=terms[3])
+    torch.mul(wd[1], dz, out=terms[4])
+    torch.mul(wd[2], dz, out=terms[5])
+    c = _segment_sum(terms, qid, nq).to(torch.float64)
+    v1, v3, ok = _principal_axes(c)
+    v1 = v1.to(delta.dtype)  # largest eigenvalue: x axis up to sign
+    v3 = v3.to(delta.dtype)  # smallest eigenvalue: z axis up to sign
+    y0 = torch.linalg.cross(v3, v1, dim=1)  # y axis up to sign
+    g = torch.cat([v1, v3, y0], dim=1).t().contiguous().index_select(1, qid)  # [9, P]
+    s = torch.empty(3, p, dtype=delta.dtype, device=delta.device)
+    for k in range(3):
+        torch.mul(dx, g[3 * k], out=s[k])
+        s[k].addcmul_(dy, g[3 * k + 1]).addcmul_(dz, g[3 * k + 2])
+    # PCL counts offsets with s >= 0 among distinct neighbours; coincident ones have s == 0
+    flags = torch.stack([s[0] >= 0, s[1] >= 0, d2 == 0]).to(delta.dtype)
+    cnt = _segment_sum(flags, qid, nq).round_().long()
+    n = kept - cnt[2]
+    ok &= n >= _MIN_NEIGHBORS
+    t = 2 * (cnt[:2] - cnt[2]) - n  # [2, nq]: majority margin of x and z
+    sign = torch.where(t < 0, -1.0, 1.0).to(delta.dtype)
+    ties = ((t == 0) & ok).any(0)
+    if bool(ties.any()):
+        votes = _tie_votes(ties, s[:2], qid, d2, n)
+        sign = torch.where(t == 0, torch.where(votes >= 3, 1.0, -1.0).to(delta.dtype), sign)
+    x_axis = v1 * sign[0, :, None]
+    z_axis = v3 * sign[1, :, None]
+    y_axis = torch.linalg.cross(z_axis, x_axis, dim=1)
+    lrf = torch.stack([x_axis, y_axis, z_axis], dim=1)
+    lrf = torch.where(ok[:, None, None], lrf, 0.0)
+    sg = sign.index_select(1, qid)  # [2, P]
+    s[0].mul_(sg[0])
+    s[2].mul_(sg[0]).mul_(sg[1])
+    s[1].mul_(sg[1])
+    use = d2 > 0
+    return _Frames(lrf, ok, (s[0], s[2], s[1]), use, dist, g[3:6], sg[1])
+
+
+def _cos_neighbor_lut(device: torch.device) -> Tensor:
+    """Adjacent cosine bin, indexed by ``2 * step + (residual > 0)``: PCL's ``(step -+ 1) % 10``."""
+    step = torch.arange(_N_BINS + 1).repeat_interleave(2)
+    up = torch.arange(2).repeat(_N_BINS + 1)
+    return torch.remainder(step + 2 * up - 1, _N_BINS).to(device=device, dtype=torch.int32)
+
+
+def _histograms(
+    qid: Tensor,
+    xyz: tuple[Tensor, Tensor, Tensor],
+    dist: Tensor,
+    cosine: Tensor,
+    weight: Tensor,
+    nq: int,
+    radius: float,
+) -> Tensor:
+    """Un-normalised SHOT histograms [nq, 352] from pairs in LRF coordinates.
+
+    ``cosine`` = neighbour normal . LRF z per pair; ``weight`` (0/1) drops pairs. Coordinates
+    are used as they are: PCL also zeroes |v| < 1e-30, which float32 offsets of metric clouds
+    never produce except as exact zeros. Written for speed on CPU: few passes, no ``where``
+    (slow on CPU), flags combined as uint8 bits, bin indices in int32.
+    """
+    x, y, z = xyz
+    dt = x.dtype
+    i32, u8 = torch.int32, torch.uint8
+
+    # cosine bin ``step`` (0..10) and the adjacent one; PCL wraps the adjacent bin modulo 10.
+    # In double like PCL: every bin edge moves the other votes to another bin, and float32
+    # rounds e.g. cos = 0.9f onto the edge 9.5 where PCL's double stays below it.
+    b = cosine.to(torch.float64).clamp_(-1.0, 1.0).add_(1.0).mul_(_N_BINS / 2)
+    step = torch.floor(b + 0.5)
+    res = b.sub_(step).to(dt)  # in [-0.5, 0.5)
+    step_i = step.to(i32)
+    lut_key = step_i * 2 + (res > 0).view(u8)
+    cos_nbr = _cos_neighbor_lut(x.device).index_select(0, lut_key)
+
+    # azimuth sector with PCL's rules for offsets on the axes and diagonals:
+    # a boundary belongs to the sector before it (counter-clockwise from -pi)
+    y_pos, y_zero, x_pos, x_zero = y > 0, y == 0, x > 0, x == 0
+    upper_half = y_pos | (y_zero & (x < 0))
+    odd = upper_half ^ (x_pos | (x_zero & y_pos))  # quadrants 1, 3: |x| > |y| is the 2nd sector
+    ax, ay = x.abs(), y.abs()
+    half = (odd & (ax > ay)) | (~odd & (ax < ay))
+    sector_u8 = (upper_half.view(u8) << 2) | (odd.view(u8) << 1) | half.view(u8)
+    up = z > 0
+    outer = dist > radius / 2
+    desc = ((sector_u8 << 2) | (outer.view(u8) << 1) | up.view(u8)).to(i32)
+    up_f, outer_f = up.to(dt), outer.to(dt)
+
+    # radial distance from the shell's centre (R/4 or 3R/4) in units of R/2
+    rd = torch.mul(dist, 2 / radius).sub_(outer_f).sub_(0.5)
+    w_rad = (rd * (1 - 2 * outer_f)).clamp_(min=0)  # > 0 when moving towards the other shell
+
+    # elevation distance from the half's centre (45 or 135 degrees) in units of 90 degrees
+    inc_d = torch.atan2(torch.hypot(x, y), z).mul_(2 / _PI).sub_(1.5).add_(up_f)
+    w_inc = (inc_d * (2 * up_f - 1)).clamp_(min=0)
+
+    # azimuth distance from the sector's centre in units of 45 degrees; none on the z axis
+    has_az = (~(x_zero & y_zero)).to(dt)
+    az_d = torch.atan2(y, x).mul_(4 / _PI).add_(3.5).sub_(sector_u8.to(dt)).clamp_(-0.5, 0.5)
+    az_pos = (az_d > 0).view(u8)
+    w_az = az_d.abs_().mul_(has_az)
+
+    values = torch.empty(5, x.shape[0], dtype=dt, device=x.device)
+    torch.add(res.abs(), rd.abs_(), out=values[0])
+    values[0].add_(inc_d.abs_()).add_(w_az).sub_(has_az).sub_(3).neg_()  # own bin: 4 - distances
+    values[1] = res.abs_()
+    values[2] = w_rad
+    values[3] = w_inc
+    values[4] = w_az
+    values.mul_(weight)
+
+    bins = torch.empty(5, x.shape[0], dtype=i32, device=x.device)
+    own = (desc * 11).add_(qid.to(i32) * SHOT_DIM)  # first bin of the pair's own volume
+    torch.add(own, step_i, out=bins[0])
+    torch.add(own, cos_nbr, out=bins[1])
+    torch.add(bins[0], 22 - 44 * outer.to(i32), out=bins[2])  # other shell: -+2 volumes
+    torch.add(bins[0], 11 - 22 * up.to(i32), out=bins[3])  # other half: -+1 volume
+    # adjacent sector: +-4 volumes, wrapping around the 32 volumes of the same query
+    nbr = (desc + 28 - 24 * az_pos.to(i32)).bitwise_and_(31)
+    torch.add(own.sub_(desc * 11), nbr * 11 + step_i, out=bins[4])
+    hist = torch.zeros(nq * SHOT_DIM, dtype=dt, device=x.device)
+    hist.index_add_(0, bins.flatten().long(), values.flatten())
+    return hist.view(nq, SHOT_DIM)
+
+
+def _as_points(points: Tensor) -> Tensor:
+    _check_cloud(points, "points")
+    return points.to(torch.float32)
+
+
+def shot_lrf(
+    points: Tensor,
+    queries: Tensor,
+    radius: float,
+    neighbors=None,
+    *,
+    max_neighbors: int | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """SHOT local reference frames ``[Q, 3, 3]`` (rows x, y, z) of ``queries`` over ``points``.
+
+    ``neighbors`` (a padded :class:`~ukpgan_ros.neighbors.Neighbors` of ``queries`` within
+    ``radius``) skips the search. Rows of queries with fewer than 5 distinct neighbours are zero.
+    """
+    radius = _check_radius(radius)
+    points = _as_points(points)
+    _check_cloud(queries, "queries", allow_empty=True)
+    queries = queries.to(torch.float32)
+    nq = queries.shape[0]
+    out = torch.zeros(nq, 3, 3, dtype=torch.float32, device=points.device)
+    if nq == 0:
+        return out
+    if neighbors is not None:
+        idx, d2 = neighbors.idx, neighbors.dist2
+        if idx.dim() != 2 or idx.shape[0] != nq:
+            raise ValueError("neighbors must have one row per query")
+        qid, col = torch.nonzero(idx >= 0, as_tuple=True)
+        pid = idx[qid, col]
+        delta = (points.index_select(0, pid) - queries.index_select(0, qid)).t()
+        d2 = delta[0] * delta[0] + delta[1] * delta[1] + delta[2] * delta[2]
+        return _frames(qid, delta, d2, torch.bincount(qid, minlength=nq), radius).lrf
+    grid = build_grid(points, radius)
+    cap = max_neighbors or points.shape[0]
+    chunk_size = chunk_size or default_chunk_size(points.device)
+    for ch in _iter_chunks(grid, queries, None, radius, cap, chunk_size, 1024 * chunk_size):
+        out[ch.q0:ch.q0 + ch.nq] = _frames(ch.qid, ch.delta, ch.dist2, ch.counts.clamp(max=cap), radius).lrf
+    return out
+
+
+def estimate_normals(
+    points: Tensor,
+    radius: float,
+    *,
+    k: int | None = None,
+    batch: Tensor | None = None,
+    viewpoint: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    chunk_size: int | None = None,
+) -> Tensor:
+    """PCA normals ``[N, 3]`` like PCL's ``NormalEstimation``: the smallest-eigenvalue direction
+    of the neighbours' covariance about their centroid, flipped to face ``viewpoint``.
+
+    Neighbours are all points within ``radius`` (the point included) or, with ``k``, the ``k``
+    nearest of them (PCL's ``setKSearch(k)`` when the radius holds at least k points). Points
+    with fewer than 3 neighbours get NaN, as in PCL.
+    """
+    radius = _check_radius(radius)
+    points = _as_points(points)
+    if k is not None and int(k) < 3:
+        raise ValueError(f"k must be >= 3, got {k}")
+    n_pts = points.shape[0]
+    grid = build_grid(points, radius, batch)
+    qbatch = None if batch is None else batch.long()
+    cap = int(k) if k is not None else n_pts
+    chunk_size = chunk_size or default_chunk_size(points.device)
+    out = torch.empty(n_pts, 3, dtype=torch.float32, device=points.device)
+    vp = torch.tensor(viewpoint, dtype=torch.float32, device=points.device)
+    for ch in _iter_chunks(grid, points, qbatch, radius, cap, chunk_size, 1024 * chunk_size):
+        d = ch.delta
+        terms = torch.stack([d[0], d[1], d[2], d[0] * d[0], d[0] * d[1], d[0] * d[2],
+                             d[1] * d[1], d[1] * d[2], d[2] * d[2]])
+        s = _segment_sum(terms, ch.qid, ch.nq).to(torch.float64)
+        cnt = torch.bincount(ch.qid, minlength=ch.nq).to(torch.float64)
+        m = s[:3] / cnt
+        e = s[3:] / cnt
+        c = torch.stack([e[0] - m[0] * m[0], e[1] - m[0] * m[1], e[2] - m[0] * m[2],
+                         e[3] - m[1] * m[1], e[4] - m[1] * m[2], e[5] - m[2] * m[2]])
+        cov = torch.stack([c[0], c[1], c[2], c[1], c[3], c[4], c[2], c[4], c[5]], 1).view(-1, 3, 3)
+        ok = cnt >= 3
+        cov = torch.where(ok[:, None, None], cov, torch.eye(3, dtype=cov.dtype, device=cov.device))
+        normal = torch.linalg.eigh(cov)[1][:, :, 0].to(torch.float32)
+        p = points[ch.q0:ch.q0 + ch.nq]
+        flip = ((vp - p) * normal).sum(1) < 0
+        normal = torch.where(flip[:, None], -normal, normal)
+        out[ch.q0:ch.q0 + ch.nq] = torch.where(ok[:, None], normal, float("nan"))
+    return out
+
+
+def shot_descriptors(
+    points: Tensor,
+    radius: float,
+    normals: Tensor | None = None,
+    query_idx: Tensor | None = None,
+    max_neighbors: int | None = None,
+    *,
+    batch: Tensor | None = None,
+    normal_radius: float | None = None,
+    normal_k: int | None = None,
+    chunk_size: int | None = None,
+    timings: dict[str, float] | None = None,
+) -> ShotResult:
+    """SHOT-352 of ``points[query_idx]`` (default: all points), using all points as the surface.
+
+    points: ``[N, 3]`` float; computation runs in float32 on ``points.device``.
+    normals: ``[N, 3]`` unit normals (rows of NaN are skipped as in PCL); ``None`` estimates them
+        with :func:`estimate_normals` over ``normal_radius`` (default ``radius / 2``) or the
+        ``normal_k`` nearest points (UKPGAN's reference code uses PCL with k = 40).
+    batch: ``[N]`` int cloud ids; neighbourhoods never cross clouds, so a whole training batch of
+        small shapes runs in one call.
+    max_neighbors: keep only the nearest neighbours of crowded points (default: all, like PCL).
+    chunk_size: queries per step (default 1024 on CPU, 65536 on CUDA); memory is bounded by it.
+    timings: if a dict, seconds spent in "neighbors", "lrf" and "shot" are added to it (this
+        synchronises CUDA after every stage, so only pass it when profiling).
+    """
+    radius = _check_radius(radius)
+    points = _as_points(points)
+    n_pts = points.shape[0]
+    device = points.device
+    _check_batch(batch, n_pts, "batch", device)
+    if normals is None:
+        nr = radius / 2 if normal_radius is None else _check_radius(normal_radius, "normal_radius")
+        normals = estimate_normals(points, nr, k=normal_k, batch=batch, chunk_size=chunk_size)
+    else:
+        if not isinstance(normals, Tensor) or normals.shape != points.shape:
+            raise ValueError(f"normals must be a tensor of shape {tuple(points.shape)}")
+        if normals.device != device:
+            raise ValueError(f"normals are on {normals.device}, points on {device}")
+        normals = normals.to(torch.float32)
+    if query_idx is None:
+        query_idx = torch.arange(n_pts, device=device)
+    else:
+        if not isinstance(query_idx, Tensor) or query_idx.dim() != 1:
+            raise ValueError("query_idx must be a 1-D integer tensor")
+        if query_idx.dtype.is_floating_point or query_idx.dtype == torch.bool:
+            raise ValueError(f"query_idx must be integer, got {query_idx.dtype}")
+        query_idx = query_idx.to(device=device, dtype=torch.long)
+        if query_idx.numel() and (int(query_idx.min()) < 0 or int(query_idx.max()) >= n_pts):
+            raise ValueError(f"query_idx out of range [0, {n_pts})")
+    nq = query_idx.shape[0]
+    desc = torch.zeros(nq, SHOT_DIM, dtype=torch.float32, device=device)
+    lrf = torch.zeros(nq, 3, 3, dtype=torch.float32, device=device)
+    valid = torch.zeros(nq, dtype=torch.bool, device=device)
+    if nq == 0:
+        return ShotResult(desc, lrf, valid)
+
+    grid = build_grid(points, radius, batch)
+    # visit queries in grid order: neighbouring queries share neighbours, which keeps gathers local
+    order = torch.argsort(grid.order.argsort().index_select(0, query_idx))
+    qsorted = query_idx.index_select(0, order)
+    queries = points.index_select(0, qsorted)
+    qbatch = None if batch is None else batch.long().index_select(0, qsorted)
+    nrm = normals.index_select(0, grid.order)
+    nrm_ok = torch.isfinite(nrm).all(1)
+    has_nan = not bool(nrm_ok.all())
+    nrm_t = torch.where(nrm_ok[:, None], nrm, 0.0).t().contiguous()
+    cap = max_neighbors or n_pts
+    chunk_size = chunk_size or default_chunk_size(device)
+    d_out = torch.empty(nq, SHOT_DIM, dtype=torch.float32, device=device)
+    l_out = torch.empty(nq, 3, 3, dtype=torch.float32, device=device)
+    v_out = torch.empty(nq, dtype=torch.bool, device=device)
+    chunks = _iter_chunks(grid, queries, qbatch, radius, cap, chunk_size, 1024 * chunk_size)
+    clock = _Clock(timings, device)
+    while True:
+        clock.start()
+        ch = next(chunks, None)
+        clock.stop("neighbors")
+        if ch is None:
+            break
+        fr = _frames(ch.qid, ch.delta, ch.dist2, ch.counts.clamp(max=cap), radius)
+        clock.stop("lrf")
+        nn = nrm_t.index_select(1, ch.src)
+        zq = fr.z_axis
+        cosine = (nn[0] * zq[0]).addcmul_(nn[1], zq[1]).addcmul_(nn[2], zq[2]).mul_(fr.z_sign)
+        use = fr.use & nrm_ok.index_select(0, ch.src) if has_nan else fr.use
+        hist = _histograms(ch.qid, fr.xyz, fr.dist, cosine, use.to(torch.float32), ch.nq, radius)
+        norm = torch.linalg.vector_norm(hist, dim=1)
+        ok = fr.valid & (norm > 0)
+        hist = torch.where(ok[:, None], hist / norm.clamp(min=1e-30)[:, None], 0.0)
+        sl = slice(ch.q0, ch.q0 + ch.nq)
+        d_out[sl] = hist
+        l_out[sl] = torch.where(ok[:, None, None], fr.lrf, 0.0)
+        v_out[sl] = ok
+        clock.stop("shot")
+    desc[order] = d_out
+    lrf[order] = l_out
+    valid[order] = v_out
+    return ShotResult(desc, lrf, valid)
+
+
+def compute_shot(
+    points: np.ndarray,
+    radius: float,
+    normals: np.ndarray | None = None,
+    query_idx: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
+    **kwargs,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NumPy front end of :func:`shot_descriptors`.
+
+    Returns ``(descriptors (Q, 352) float32, lrf (Q, 3, 3) float32, valid (Q,) bool)``; extra
+    keyword arguments (``normal_radius``, ``normal_k``, ``max_neighbors``, ``batch``...) pass
+    through.
+    """
+    pts = np.asarray(points)
+    if pts.ndim != 2 or pts.shape[1:] != (3,):
+        raise ValueError(f"points must have shape (N, 3), got {pts.shape}")
+    dev = torch.device(device)
+    p = torch.from_numpy(np.ascontiguousarray(pts, dtype=np.float32)).to(dev)
+    n = None
+    if normals is not None:
+        nrm = np.asarray(normals)
+        if nrm.shape != pts.shape:
+            raise ValueError(f"normals must have shape {pts.shape}, got {nrm.shape}")
+        n = torch.from_numpy(np.ascontiguousarray(nrm, dtype=np.float32)).to(dev)
+    q = None
+    if query_idx is not None:
+        qi = np.asarray(query_idx)
+        if qi.ndim != 1 or not np.issubdtype(qi.dtype, np.integer):
+            raise ValueError("query_idx must be a 1-D integer array")
+        q = torch.from_numpy(qi.astype(np.int64)).to(dev)
+    if "batch" in kwargs and kwargs["batch"] is not None and not isinstance(kwargs["batch"], Tensor):
+        kwargs["batch"] = torch.from_numpy(np.asarray(kwargs["batch"]).astype(np.int64)).to(dev)
+    res = shot_descriptors(p, radius, n, q, **kwargs)
+    return (
+        res.descriptors.cpu().numpy(),
+        res.lrf.cpu().numpy(),
+        res.valid.cpu().numpy(),
+    )
