@@ -50,6 +50,7 @@ def export_encoder(path: str | Path, encoder: Encoder, model_cfg: ModelConfig, m
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
     text = json.dumps(record, indent=2, sort_keys=True)
     save_file(tensors, str(path), metadata={_HEADER_KEY: text})
+    path.chmod(0o644)  # safetensors creates the file owner-only; shipped weights must be readable
     metadata_path(path).write_text(text + "\n")
     return path
 

@@ -1,0 +1,475 @@
+"""``ukpgan eval``: how good are a detector's keypoints for registration, on real pairs with
+ground truth?
+
+For every detector (ukpgan, iss, random, fps) and keypoint budget, on (a) frame pairs of a
+7-Scenes-layout depth sequence at several frame gaps and (b) 3DMatch-style fragment pairs with
+a ground-truth transform:
+
+* relative repeatability: share of keypoints (inside the other cloud's overlap) whose nearest
+  keypoint of the other cloud lies within ε after the true motion (ε = 5 and 10 cm), averaged
+  over both directions;
+* mutual descriptor matches (FPFH, optionally SHOT) between the two keypoint sets: inlier ratio
+  (true distance < τ1 = 10 cm) and feature-match recall (inlier ratio > τ2 = 5 %);
+* registration recall: RANSAC on those matches, success when RE < 15° and TE < 30 cm, and the
+  strict RE < 5° and TE < 10 cm;
+* timings of detection, description and RANSAC.
+
+``full-fpfh`` is the detector-free baseline: FPFH of every voxel matched mutually. Clouds are
+voxelised once, keypoints are detected once per cloud at the largest budget and cut to smaller
+budgets (every backend ranks its keypoints, so the first k are its k-keypoint answer), and
+descriptors are taken from one dense computation per cloud. Writes ``results.json``,
+``results.md`` and PNG plots to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+import numpy as np
+from scipy.spatial import cKDTree
+
+__all__ = [
+    "PairMetrics",
+    "relative_repeatability",
+    "inlier_ratio",
+    "registration_success",
+    "frame_pairs",
+    "evaluate",
+    "summarize",
+    "add_arguments",
+    "run",
+]
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+TAU1, TAU2 = 0.10, 0.05
+LOOSE, STRICT = (15.0, 0.30), (5.0, 0.10)
+FULL = "full-fpfh"
+
+
+def _transform(points: np.ndarray, T: np.ndarray) -> np.ndarray:
+    return (points @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+
+
+def relative_repeatability(src_kp: np.ndarray, tgt_kp: np.ndarray, src_cloud: np.ndarray, tgt_cloud: np.ndarray,
+                           T_tgt_from_src: np.ndarray, eps: float, overlap: float) -> float:
+    """Share of keypoints with a keypoint of the other cloud within ``eps`` after the true motion.
+
+    Only keypoints that land within ``overlap`` of the other cloud count (a keypoint outside
+    the common part cannot repeat); both directions are averaged. NaN when none overlap.
+    """
+    T_inv = np.linalg.inv(T_tgt_from_src)
+    shares = []
+    for kp, other_kp, other_cloud, T in ((src_kp, tgt_kp, tgt_cloud, T_tgt_from_src),
+                                         (tgt_kp, src_kp, src_cloud, T_inv)):
+        if len(kp) == 0 or len(other_kp) == 0:
+            continue
+        moved = _transform(kp, T)
+        inside = cKDTree(other_cloud).query(moved)[0] <= overlap
+        if not inside.any():
+            continue
+        d = cKDTree(other_kp).query(moved[inside])[0]
+        shares.append(float((d <= eps).mean()))
+    return float(np.mean(shares)) if shares else float("nan")
+
+
+def inlier_ratio(src_xyz: np.ndarray, tgt_xyz: np.ndarray, corr: np.ndarray, T_tgt_from_src: np.ndarray,
+                 tau1: float = TAU1) -> float:
+    """Share of matches (src row, tgt row) whose points lie within ``tau1`` under the true motion."""
+    if len(corr) == 0:
+        return 0.0
+    d = np.linalg.norm(_transform(src_xyz[corr[:, 0]], T_tgt_from_src) - tgt_xyz[corr[:, 1]], axis=1)
+    return float((d < tau1).mean())
+
+
+def registration_success(T_est: np.ndarray, T_gt: np.ndarray, max_rot_deg: float, max_trans: float) -> bool:
+    """RE < ``max_rot_deg`` and TE < ``max_trans``."""
+    from ukpgan_ros.registration import rotation_error_deg, translation_error
+
+    return rotation_error_deg(T_est, T_gt) < max_rot_deg and translation_error(T_est, T_gt) < max_trans
+
+
+# ------------------------------------------------------------------------------- data sources
+
+
+@dataclass(frozen=True)
+class Pair:
+    dataset: str
+    name: str
+    src: str  # cloud keys
+    tgt: str
+    T: np.ndarray  # T_tgt_from_src
+    gap: int = 0
+
+
+def frame_pairs(num_frames: int, gaps: list[int], stride: int, max_pairs: int | None = None) -> list[tuple[int, int, int]]:
+    """(gap, src index, tgt index) with src = tgt + gap, tgt on a ``stride`` grid, per gap."""
+    if stride < 1 or any(g < 1 for g in gaps):
+        raise ValueError("stride and gaps must be >= 1")
+    out = []
+    for gap in gaps:
+        pairs = [(gap, t + gap, t) for t in range(0, num_frames - gap, stride)]
+        out += pairs[:max_pairs] if max_pairs else pairs
+    return out
+
+
+def _sequence_pairs(folder: Path, gaps: list[int], stride: int, max_pairs: int | None
+                    ) -> tuple[list[Pair], dict[str, callable]]:
+    from ukpgan_ros.io import SevenScenesSequence
+
+    seq = SevenScenesSequence(folder)
+    loaders, pairs = {}, []
+    for gap, s, t in frame_pairs(len(seq), gaps, stride, max_pairs):
+        ps, pt = seq[s].pose, seq[t].pose
+        if ps is None or pt is None:
+            continue
+        for i in (s, t):
+            loaders.setdefault(f"frame{i}", lambda i=i: seq[i].points())
+        pairs.append(Pair("7scenes", f"{t}-{s}", f"frame{s}", f"frame{t}", np.linalg.inv(pt) @ ps, gap))
+    return pairs, loaders
+
+
+def _fragment_pairs(folder: Path) -> tuple[list[Pair], dict[str, callable]]:
+    """Every ``gt_T_<i>_from_<j>.txt`` with ``cloud_bin_<i>.ply`` and ``cloud_bin_<j>.ply``."""
+    from ukpgan_ros.io import read_cloud, read_transform
+
+    pairs, loaders = [], {}
+    for gt in sorted(folder.glob("gt_T_*_from_*.txt")):
+        i, j = gt.stem[len("gt_T_"):].split("_from_")
+        a, b = folder / f"cloud_bin_{i}.ply", folder / f"cloud_bin_{j}.ply"
+        if not (a.is_file() and b.is_file()):
+            continue
+        loaders[f"bin{i}"] = lambda a=a: read_cloud(a)
+        loaders[f"bin{j}"] = lambda b=b: read_cloud(b)
+        pairs.append(Pair("3dmatch", f"{i}-{j}", f"bin{j}", f"bin{i}", read_transform(gt)))
+    if not pairs:
+        raise ValueError(f"{folder}: no gt_T_<i>_from_<j>.txt with matching cloud_bin_<i>.ply files")
+    return pairs, loaders
+
+
+# ------------------------------------------------------------------------------------ per cloud
+
+
+@dataclass
+class CloudFeatures:
+    points: np.ndarray
+    keypoints: dict[str, np.ndarray]  # detector -> ranked indices (up to the largest budget)
+    detect_time: dict[str, float]
+    descriptors: dict[str, np.ndarray]  # kind -> (N, D) at every point
+    describe_time: dict[str, float]
+
+
+def _prepare_cloud(points: np.ndarray, voxel: float, detectors: dict, budget: int, descriptors: list[str],
+                   device: str, viewpoint) -> CloudFeatures:
+    from ukpgan_ros.cloud import make_working_cloud
+    from ukpgan_ros.registration import compute_fpfh
+
+    cloud = make_working_cloud(points, voxel, normal_radius=2.0 * voxel, viewpoint=viewpoint)
+    order = np.lexsort(cloud.points.T[::-1])  # Open3D's voxel order varies from run to run
+    pts, nrm = cloud.points[order], cloud.normals[order]
+    kps, det_t = {}, {}
+    for name, det in detectors.items():
+        t0 = time.perf_counter()
+        kps[name] = det.detect(pts, nrm, budget).indices
+        det_t[name] = time.perf_counter() - t0
+    desc, desc_t = {}, {}
+    for kind in descriptors:
+        t0 = time.perf_counter()
+        if kind == "fpfh":
+            desc[kind] = compute_fpfh(pts, nrm, None, 5.0 * voxel)
+        else:
+            from ukpgan_ros.shot import compute_shot
+
+            desc[kind] = compute_shot(pts, 6.0 * voxel, normals=nrm, device=device)[0]
+        desc_t[kind] = time.perf_counter() - t0
+    return CloudFeatures(pts, kps, det_t, desc, desc_t)
+
+
+# ------------------------------------------------------------------------------------- per pair
+
+
+@dataclass(frozen=True)
+class PairMetrics:
+    dataset: str
+    pair: str
+    gap: int
+    detector: str
+    budget: int
+    descriptor: str
+    trial: int
+    keypoints: int
+    repeatability_5cm: float
+    repeatability_10cm: float
+    matches: int
+    inlier_ratio: float
+    feature_match_recall: float
+    rotation_error_deg: float
+    translation_error_m: float
+    registered: float
+    registered_strict: float
+    detect_s: float
+    describe_s: float
+    ransac_s: float
+
+
+def _pair_metrics(pair: Pair, src: CloudFeatures, tgt: CloudFeatures, detector: str, budget: int, kind: str,
+                  trial: int, voxel: float, ransac_iterations: int, seed: int) -> PairMetrics:
+    from ukpgan_ros.registration import (
+        mutual_matches,
+        ransac_from_correspondences,
+        rotation_error_deg,
+        translation_error,
+    )
+
+    if detector == FULL:
+        si, ti = np.arange(len(src.points)), np.arange(len(tgt.points))
+        rep5 = rep10 = float("nan")
+        det_s = 0.0
+    else:
+        si, ti = src.keypoints[detector][:budget], tgt.keypoints[detector][:budget]
+        args = (src.points[si], tgt.points[ti], src.points, tgt.points, pair.T)
+        rep5 = relative_repeatability(*args, eps=0.05, overlap=2 * voxel)
+        rep10 = relative_repeatability(*args, eps=0.10, overlap=2 * voxel)
+        det_s = (src.detect_time[detector] + tgt.detect_time[detector]) / 2
+    sx, tx = src.points[si], tgt.points[ti]
+    corr = mutual_matches(src.descriptors[kind][si], tgt.descriptors[kind][ti])
+    ir = inlier_ratio(sx, tx, corr, pair.T)
+    t0 = time.perf_counter()
+    T, _ = ransac_from_correspondences(sx, tx, corr, 1.5 * voxel, ransac_iterations, 0.999, seed)
+    ransac_s = time.perf_counter() - t0
+    re, te = rotation_error_deg(T, pair.T), translation_error(T, pair.T)
+    return PairMetrics(
+        pair.dataset, pair.name, pair.gap, detector, budget if detector != FULL else len(si), kind, trial, len(si),
+        rep5, rep10, len(corr), ir, float(ir > TAU2), re, te,
+        float(re < LOOSE[0] and te < LOOSE[1]), float(re < STRICT[0] and te < STRICT[1]),
+        det_s, (src.describe_time[kind] + tgt.describe_time[kind]) / 2, ransac_s,
+    )
+
+
+# ------------------------------------------------------------------------------------ the run
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    detectors: tuple[str, ...] = ("ukpgan", "iss", "random", "fps")
+    full_fpfh: bool = True
+    budgets: tuple[int, ...] = (50, 100, 250, 500)
+    descriptors: tuple[str, ...] = ("fpfh",)
+    gaps: tuple[int, ...] = (10, 20, 40)
+    stride: int = 20
+    max_pairs_per_gap: int | None = None
+    fragment_trials: int = 3
+    voxel: float = 0.05
+    model_path: str = ""
+    device: str = "auto"
+    ransac_iterations: int = 100000
+    seed: int = 0
+
+
+def _make_detectors(opts: EvalOptions, trial: int) -> dict:
+    from ukpgan_ros.config import PipelineConfig
+    from ukpgan_ros.detectors import make_detector
+
+    out = {}
+    for name in opts.detectors:
+        cfg = PipelineConfig(detector=name, voxel_size=opts.voxel, model_path=opts.model_path, device=opts.device,
+                             seed=opts.seed + trial)
+        out[name] = make_detector(cfg.validate())
+    return out
+
+
+def evaluate(opts: EvalOptions, sequence: Path | None, fragments: Path | None,
+             progress: bool = True) -> list[PairMetrics]:
+    """All metrics rows for the requested data sets (either may be None)."""
+    if not opts.budgets or min(opts.budgets) < 1:
+        raise ValueError("budgets must be positive")
+    if sequence is None and fragments is None:
+        raise ValueError("nothing to evaluate: give a sequence and/or a fragments folder")
+    unknown = set(opts.descriptors) - {"fpfh", "shot"}
+    if unknown:
+        raise ValueError(f"unknown descriptor(s) {sorted(unknown)} (fpfh, shot)")
+    jobs: list[tuple[list[Pair], dict, int, object]] = []
+    if sequence is not None:
+        pairs, loaders = _sequence_pairs(Path(sequence), list(opts.gaps), opts.stride, opts.max_pairs_per_gap)
+        jobs.append((pairs, loaders, 1, (0.0, 0.0, 0.0)))
+    if fragments is not None:
+        pairs, loaders = _fragment_pairs(Path(fragments))
+        # fused fragments are not seen from one origin: leave normal signs to the PCA
+        jobs.append((pairs, loaders, opts.fragment_trials, None))
+    from tqdm import tqdm
+
+    rows: list[PairMetrics] = []
+    names = list(opts.detectors) + ([FULL] if opts.full_fpfh else [])
+    for pairs, loaders, trials, viewpoint in jobs:
+        for trial in range(trials):
+            detectors = _make_detectors(opts, trial)
+            cache: dict[str, CloudFeatures] = {}
+
+            def feats(key: str) -> CloudFeatures:
+                if key not in cache:
+                    cache[key] = _prepare_cloud(loaders[key](), opts.voxel, detectors, max(opts.budgets),
+                                                list(opts.descriptors), opts.device, viewpoint)
+                return cache[key]
+
+            desc = f"{pairs[0].dataset} trial {trial + 1}/{trials}" if pairs else "pairs"
+            for pair in tqdm(pairs, desc=desc, unit="pair", disable=not progress):
+                src, tgt = feats(pair.src), feats(pair.tgt)
+                for name in names:
+                    for kind in opts.descriptors:
+                        for budget in (opts.budgets if name != FULL else (0,)):
+                            rows.append(_pair_metrics(pair, src, tgt, name, budget, kind, trial, opts.voxel,
+                                                      opts.ransac_iterations, opts.seed + trial))
+            for det in detectors.values():
+                det.release()
+    return rows
+
+
+_METRICS = ("repeatability_5cm", "repeatability_10cm", "inlier_ratio", "feature_match_recall", "registered",
+            "registered_strict", "matches", "detect_s", "ransac_s")
+
+
+def summarize(rows: list[PairMetrics]) -> list[dict]:
+    """Means per (dataset, descriptor, detector, budget) over pairs and trials."""
+    groups: dict[tuple, list[PairMetrics]] = {}
+    for r in rows:
+        key = (r.dataset, r.descriptor, r.detector, r.budget if r.detector != FULL else 0)
+        groups.setdefault(key, []).append(r)
+    out = []
+    for (ds, kind, det, budget), rs in sorted(groups.items()):
+        row = {"dataset": ds, "descriptor": kind, "detector": det, "budget": budget, "pairs": len(rs),
+               "keypoints": float(np.mean([r.keypoints for r in rs]))}
+        for m in _METRICS:
+            vals = np.array([getattr(r, m) for r in rs], float)
+            row[m] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+        out.append(row)
+    return out
+
+
+def _markdown(summary: list[dict], command: str) -> str:
+    lines = ["# Keypoint evaluation", "", f"Command: `{command}`", "",
+             f"Repeatability: nearest keypoint within 5/10 cm; inlier ratio: mutual matches within "
+             f"{TAU1 * 100:.0f} cm; FMR: inlier ratio > {TAU2 * 100:.0f} %; RR: RANSAC with "
+             f"RE < {LOOSE[0]:.0f}° & TE < {LOOSE[1] * 100:.0f} cm (strict: RE < {STRICT[0]:.0f}° & "
+             f"TE < {STRICT[1] * 100:.0f} cm). Means over pairs (and trials).", ""]
+    head = ("| data | desc | detector | budget | keypoints | pairs | rep@5cm | rep@10cm | matches | inlier ratio | FMR | RR "
+            "| RR strict | detect [s] | RANSAC [s] |")
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in summary:
+        budget = "all" if r["detector"] == FULL else str(r["budget"])
+        lines.append(
+            f"| {r['dataset']} | {r['descriptor']} | {r['detector']} | {budget} | {r['keypoints']:.0f} | {r['pairs']} | "
+            f"{r['repeatability_5cm']:.3f} | {r['repeatability_10cm']:.3f} | {r['matches']:.0f} | "
+            f"{r['inlier_ratio']:.3f} | {r['feature_match_recall']:.3f} | {r['registered']:.3f} | "
+            f"{r['registered_strict']:.3f} | {r['detect_s']:.3f} | {r['ransac_s']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plots(summary: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for ds, kind in sorted({(r["dataset"], r["descriptor"]) for r in summary}):
+        rs = [r for r in summary if r["dataset"] == ds and r["descriptor"] == kind]
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+        for ax, metric, label in zip(axes, ("registered", "inlier_ratio", "repeatability_10cm"),
+                                     ("registration recall", "inlier ratio", "relative repeatability @10 cm")):
+            for det in sorted({r["detector"] for r in rs if r["detector"] != FULL}):
+                pts = sorted((r["budget"], r[metric]) for r in rs if r["detector"] == det)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=det)
+            full = [r for r in rs if r["detector"] == FULL]
+            if full and metric != "repeatability_10cm":
+                ax.axhline(full[0][metric], color="k", ls="--", lw=1, label="FPFH, all points")
+            ax.set_xscale("log")
+            ax.set_xlabel("keypoints")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        axes[0].legend()
+        fig.suptitle(f"{ds}, {kind.upper()} descriptors")
+        fig.tight_layout()
+        path = out / f"recall_{ds}_{kind}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = EvalOptions()
+    parser.add_argument("--sequence", default=str(DEFAULT_DATA / "7scenes-redkitchen"),
+                        help="7-Scenes-layout depth sequence with poses ('' to skip)")
+    parser.add_argument("--fragments", default=str(DEFAULT_DATA / "3dmatch-redkitchen"),
+                        help="folder with cloud_bin_<i>.ply and gt_T_<i>_from_<j>.txt ('' to skip)")
+    parser.add_argument("--detectors", nargs="+", default=list(d.detectors), choices=("ukpgan", "iss", "random", "fps"))
+    parser.add_argument("--no-full-fpfh", action="store_true", help="skip the all-points FPFH baseline")
+    parser.add_argument("--budgets", nargs="+", type=int, default=list(d.budgets))
+    parser.add_argument("--descriptors", nargs="+", default=list(d.descriptors), choices=("fpfh", "shot"))
+    parser.add_argument("--gaps", nargs="+", type=int, default=list(d.gaps), help="frame gaps of sequence pairs")
+    parser.add_argument("--stride", type=int, default=d.stride, help="frames between pair starts")
+    parser.add_argument("--max-pairs-per-gap", type=int, default=0, help="0: all")
+    parser.add_argument("--fragment-trials", type=int, default=d.fragment_trials,
+                        help="repeats of each fragment pair with other RANSAC/random seeds")
+    parser.add_argument("--voxel", type=float, default=d.voxel)
+    parser.add_argument("--model", default="", help="UKPGAN weights (default: the shipped model)")
+    parser.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--ransac-iterations", type=int, default=d.ransac_iterations)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--out", default="out/eval", help="folder for results.{json,md} and plots")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 2 sequence pairs at gap 10, budgets 50 100, 1 fragment trial")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _options(args: argparse.Namespace) -> EvalOptions:
+    opts = EvalOptions(
+        detectors=tuple(args.detectors), full_fpfh=not args.no_full_fpfh, budgets=tuple(args.budgets),
+        descriptors=tuple(args.descriptors), gaps=tuple(args.gaps), stride=args.stride,
+        max_pairs_per_gap=args.max_pairs_per_gap or None, fragment_trials=args.fragment_trials, voxel=args.voxel,
+        model_path=args.model, device=args.device, ransac_iterations=args.ransac_iterations, seed=args.seed)
+    if args.quick:
+        opts = EvalOptions(**{**asdict(opts), "budgets": tuple(b for b in opts.budgets if b <= 100) or (50,),
+                              "gaps": opts.gaps[:1], "max_pairs_per_gap": 2, "fragment_trials": 1,
+                              "ransac_iterations": min(opts.ransac_iterations, 20000)})
+    return opts
+
+
+def _existing(path: str, what: str) -> Path | None:
+    if not path:
+        return None
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what} {p} does not exist (pass '' to skip it)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    opts = _options(args)
+    t0 = time.perf_counter()
+    rows = evaluate(opts, _existing(args.sequence, "sequence"), _existing(args.fragments, "fragments"),
+                    progress=not args.no_progress)
+    summary = summarize(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "ukpgan eval " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["eval"] else sys.argv[1:])
+    (out / "results.json").write_text(json.dumps(
+        {"command": command, "options": asdict(opts), "seconds": time.perf_counter() - t0, "summary": summary,
+         "rows": [asdict(r) for r in rows]}, indent=1, default=float) + "\n")
+    (out / "results.md").write_text(_markdown(summary, command))
+    plots = _plots(summary, out)
+    print(_markdown(summary, command))
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'} and {len(plots)} plot(s)", file=sys.stderr)
+    return 0
+
