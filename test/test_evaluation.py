@@ -98,8 +98,11 @@ def test_inlier_ratio_and_success_thresholds() -> None:
 def test_frame_pairs_and_summary() -> None:
     assert frame_pairs(50, [10, 20], 20) == [(10, 10, 0), (10, 30, 20), (20, 20, 0), (20, 40, 20)]
     assert frame_pairs(50, [10], 5, max_pairs=2) == [(10, 10, 0), (10, 15, 5)]
+    assert frame_pairs(100, [10], 20, frames=(40, 80)) == [(10, 50, 40), (10, 70, 60)]
     with pytest.raises(ValueError):
         frame_pairs(50, [0], 5)
+    with pytest.raises(ValueError, match="frame range"):
+        frame_pairs(50, [10], 5, frames=(60, 70))
     base = dict(dataset="d", pair="p", gap=1, detector="random", budget=50, descriptor="fpfh", trial=0,
                 keypoints=50, repeatability_5cm=0.2, repeatability_10cm=0.4, matches=10, inlier_ratio=0.1,
                 feature_match_recall=1.0, rotation_error_deg=1.0, translation_error_m=0.1, registered=1.0,
@@ -131,11 +134,14 @@ def test_eval_on_a_synthetic_fragment_pair(tmp_path) -> None:
     np.savetxt(frag / "gt_T_0_from_1.txt", T)
     out = tmp_path / "out"
     assert run(_args("--sequence", "", "--fragments", str(frag), "--detectors", "random", "fps",
-                     "--budgets", "100", "200", "--fragment-trials", "1", "--out", str(out), "--no-progress")) == 0
+                     "--budgets", "100", "200", "--fragment-trials", "1", "--fragment-crops", "3", "--crop-radius", "1.0",
+                     "--out", str(out), "--no-progress")) == 0
     res = json.loads((out / "results.json").read_text())
-    by = {(r["detector"], r["budget"]): r for r in res["summary"]}
+    by = {(r["detector"], r["budget"]): r for r in res["summary"] if r["dataset"] == "3dmatch"}
     assert by[("full-fpfh", 0)]["registered"] == 1.0 and by[("full-fpfh", 0)]["feature_match_recall"] == 1.0
     assert by[("fps", 200)]["keypoints"] == 200
+    crops = [r for r in res["summary"] if r["dataset"] == "3dmatch-crops"]
+    assert len(crops) == 5 and all(r["pairs"] == 3 for r in crops)
     assert (out / "results.md").read_text().count("| 3dmatch |") == 5
     assert (out / "recall_3dmatch_fpfh.png").stat().st_size > 1000
     with pytest.raises(FileNotFoundError):
@@ -158,7 +164,7 @@ def test_quick_eval_on_real_data_with_a_model(tmp_path) -> None:
     assert run(_args("--quick", "--model", str(model), "--detectors", "ukpgan", "random",
                      "--out", str(out), "--no-progress")) == 0
     res = json.loads((out / "results.json").read_text())
-    assert {r["dataset"] for r in res["summary"]} == {"7scenes", "3dmatch"}
+    assert {r["dataset"] for r in res["summary"]} == {"7scenes", "3dmatch", "3dmatch-crops"}
     full = [r for r in res["summary"] if r["detector"] == "full-fpfh"]
     # ground truth sanity: dense FPFH registers these easy pairs, so the poses are read right
     assert all(r["registered"] == 1.0 for r in full)

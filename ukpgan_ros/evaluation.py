@@ -105,49 +105,94 @@ class Pair:
     gap: int = 0
 
 
-def frame_pairs(num_frames: int, gaps: list[int], stride: int, max_pairs: int | None = None) -> list[tuple[int, int, int]]:
-    """(gap, src index, tgt index) with src = tgt + gap, tgt on a ``stride`` grid, per gap."""
+def frame_pairs(num_frames: int, gaps: list[int], stride: int, max_pairs: int | None = None,
+                frames: tuple[int, int] | None = None) -> list[tuple[int, int, int]]:
+    """(gap, src index, tgt index) with src = tgt + gap, tgt on a ``stride`` grid, per gap; both
+    frames inside ``frames`` = [start, end) when given."""
     if stride < 1 or any(g < 1 for g in gaps):
         raise ValueError("stride and gaps must be >= 1")
+    start, end = frames if frames is not None else (0, num_frames)
+    end = min(end, num_frames)
+    if not 0 <= start < end:
+        raise ValueError(f"empty frame range {frames} for {num_frames} frames")
     out = []
     for gap in gaps:
-        pairs = [(gap, t + gap, t) for t in range(0, num_frames - gap, stride)]
+        pairs = [(gap, t + gap, t) for t in range(start, end - gap, stride)]
         out += pairs[:max_pairs] if max_pairs else pairs
     return out
 
 
-def _sequence_pairs(folder: Path, gaps: list[int], stride: int, max_pairs: int | None
-                    ) -> tuple[list[Pair], dict[str, callable]]:
-    from ukpgan_ros.io import SevenScenesSequence
+def _sequence_pairs(spec: str, gaps: list[int], stride: int, max_pairs: int | None,
+                    frames: tuple[int, int] | None) -> tuple[list[Pair], dict[str, callable]]:
+    """Frame pairs of a depth sequence: a 7-Scenes/TUM folder or 'synthetic' (io.open_sequence)."""
+    from ukpgan_ros.io import open_sequence
 
-    seq = SevenScenesSequence(folder)
+    seq = open_sequence(spec)
+    name = "synthetic" if spec == "synthetic" else Path(spec).resolve().name.split("-")[0]
     loaders, pairs = {}, []
-    for gap, s, t in frame_pairs(len(seq), gaps, stride, max_pairs):
+    for gap, s, t in frame_pairs(len(seq), gaps, stride, max_pairs, frames):
         ps, pt = seq[s].pose, seq[t].pose
         if ps is None or pt is None:
             continue
         for i in (s, t):
             loaders.setdefault(f"frame{i}", lambda i=i: seq[i].points())
-        pairs.append(Pair("7scenes", f"{t}-{s}", f"frame{s}", f"frame{t}", np.linalg.inv(pt) @ ps, gap))
+        pairs.append(Pair(name, f"{t}-{s}", f"frame{s}", f"frame{t}", np.linalg.inv(pt) @ ps, gap))
     return pairs, loaders
 
 
 def _fragment_pairs(folder: Path) -> tuple[list[Pair], dict[str, callable]]:
     """Every ``gt_T_<i>_from_<j>.txt`` with ``cloud_bin_<i>.ply`` and ``cloud_bin_<j>.ply``."""
+    from functools import lru_cache
+
     from ukpgan_ros.io import read_cloud, read_transform
 
+    load = lru_cache(maxsize=8)(read_cloud)
     pairs, loaders = [], {}
     for gt in sorted(folder.glob("gt_T_*_from_*.txt")):
         i, j = gt.stem[len("gt_T_"):].split("_from_")
         a, b = folder / f"cloud_bin_{i}.ply", folder / f"cloud_bin_{j}.ply"
         if not (a.is_file() and b.is_file()):
             continue
-        loaders[f"bin{i}"] = lambda a=a: read_cloud(a)
-        loaders[f"bin{j}"] = lambda b=b: read_cloud(b)
+        loaders[f"bin{i}"] = lambda a=a: load(a)
+        loaders[f"bin{j}"] = lambda b=b: load(b)
         pairs.append(Pair("3dmatch", f"{i}-{j}", f"bin{j}", f"bin{i}", read_transform(gt)))
     if not pairs:
         raise ValueError(f"{folder}: no gt_T_<i>_from_<j>.txt with matching cloud_bin_<i>.ply files")
     return pairs, loaders
+
+
+def crop_pairs(pairs: list[Pair], loaders: dict[str, callable], count: int, radius: float, seed: int,
+               voxel: float) -> tuple[list[Pair], dict[str, callable]]:
+    """``count`` partial sub-pairs per pair: balls of ``radius`` around a random point of the
+    overlap in the target and around the same point, shifted by up to ``radius / 2`` in a random
+    direction, in the source. One fragment pair thus yields many harder pairs (partial overlap,
+    new borders) with the same ground truth."""
+    from ukpgan_ros.cloud import voxel_downsample
+
+    out, crop_loaders = [], {}
+    for p_idx, pair in enumerate(pairs):
+        src, tgt = loaders[pair.src](), loaders[pair.tgt]()
+        tgt_v = voxel_downsample(tgt, 2 * voxel)
+        src_in_tgt = _transform(voxel_downsample(src, 2 * voxel), pair.T)
+        overlap = tgt_v[cKDTree(src_in_tgt).query(tgt_v)[0] <= 2 * voxel]
+        if len(overlap) == 0:
+            continue
+        T_inv = np.linalg.inv(pair.T)
+        for k in range(count):
+            rng = np.random.default_rng([seed, p_idx, k])
+            c_tgt = overlap[rng.integers(len(overlap))]
+            shift = rng.normal(size=3)
+            shift *= rng.uniform(0, radius / 2) / np.linalg.norm(shift)
+            c_src = _transform((c_tgt + shift)[None], T_inv)[0]
+            ks, kt = f"{pair.src}@{k}s", f"{pair.tgt}@{k}t"
+            crop_loaders[ks] = lambda c=c_src, key=pair.src: _ball(loaders[key](), c, radius)
+            crop_loaders[kt] = lambda c=c_tgt, key=pair.tgt: _ball(loaders[key](), c, radius)
+            out.append(Pair(f"{pair.dataset}-crops", f"{pair.name}#{k}", ks, kt, pair.T))
+    return out, crop_loaders
+
+
+def _ball(points: np.ndarray, center: np.ndarray, radius: float) -> np.ndarray:
+    return points[np.linalg.norm(points - center, axis=1) <= radius]
 
 
 # ------------------------------------------------------------------------------------ per cloud
@@ -242,7 +287,7 @@ def _pair_metrics(pair: Pair, src: CloudFeatures, tgt: CloudFeatures, detector: 
     ransac_s = time.perf_counter() - t0
     re, te = rotation_error_deg(T, pair.T), translation_error(T, pair.T)
     return PairMetrics(
-        pair.dataset, pair.name, pair.gap, detector, budget if detector != FULL else len(si), kind, trial, len(si),
+        pair.dataset, pair.name, pair.gap, detector, budget if detector != FULL else 0, kind, trial, len(si),
         rep5, rep10, len(corr), ir, float(ir > TAU2), re, te,
         float(re < LOOSE[0] and te < LOOSE[1]), float(re < STRICT[0] and te < STRICT[1]),
         det_s, (src.describe_time[kind] + tgt.describe_time[kind]) / 2, ransac_s,
@@ -260,8 +305,11 @@ class EvalOptions:
     descriptors: tuple[str, ...] = ("fpfh",)
     gaps: tuple[int, ...] = (10, 20, 40)
     stride: int = 20
+    frames: tuple[int, int] | None = None
     max_pairs_per_gap: int | None = None
     fragment_trials: int = 3
+    fragment_crops: int = 20
+    crop_radius: float = 1.5
     voxel: float = 0.05
     model_path: str = ""
     device: str = "auto"
@@ -281,7 +329,7 @@ def _make_detectors(opts: EvalOptions, trial: int) -> dict:
     return out
 
 
-def evaluate(opts: EvalOptions, sequence: Path | None, fragments: Path | None,
+def evaluate(opts: EvalOptions, sequence: str | Path | None, fragments: Path | None,
              progress: bool = True) -> list[PairMetrics]:
     """All metrics rows for the requested data sets (either may be None)."""
     if not opts.budgets or min(opts.budgets) < 1:
@@ -293,12 +341,17 @@ def evaluate(opts: EvalOptions, sequence: Path | None, fragments: Path | None,
         raise ValueError(f"unknown descriptor(s) {sorted(unknown)} (fpfh, shot)")
     jobs: list[tuple[list[Pair], dict, int, object]] = []
     if sequence is not None:
-        pairs, loaders = _sequence_pairs(Path(sequence), list(opts.gaps), opts.stride, opts.max_pairs_per_gap)
+        pairs, loaders = _sequence_pairs(str(sequence), list(opts.gaps), opts.stride, opts.max_pairs_per_gap,
+                                         opts.frames)
         jobs.append((pairs, loaders, 1, (0.0, 0.0, 0.0)))
     if fragments is not None:
         pairs, loaders = _fragment_pairs(Path(fragments))
         # fused fragments are not seen from one origin: leave normal signs to the PCA
         jobs.append((pairs, loaders, opts.fragment_trials, None))
+        if opts.fragment_crops > 0:
+            crops, crop_loaders = crop_pairs(pairs, loaders, opts.fragment_crops, opts.crop_radius, opts.seed,
+                                             opts.voxel)
+            jobs.append((crops, crop_loaders, 1, None))
     from tqdm import tqdm
 
     rows: list[PairMetrics] = []
@@ -331,15 +384,16 @@ _METRICS = ("repeatability_5cm", "repeatability_10cm", "inlier_ratio", "feature_
             "registered_strict", "matches", "detect_s", "ransac_s")
 
 
-def summarize(rows: list[PairMetrics]) -> list[dict]:
-    """Means per (dataset, descriptor, detector, budget) over pairs and trials."""
+def summarize(rows: list[PairMetrics], by_gap: bool = False) -> list[dict]:
+    """Means per (dataset, descriptor, detector, budget) over pairs and trials; with ``by_gap``
+    also per frame gap (``gap`` 0 means all pairs)."""
     groups: dict[tuple, list[PairMetrics]] = {}
     for r in rows:
-        key = (r.dataset, r.descriptor, r.detector, r.budget if r.detector != FULL else 0)
-        groups.setdefault(key, []).append(r)
+        for gap in ((0, r.gap) if by_gap and r.gap else (0,)):
+            groups.setdefault((r.dataset, gap, r.descriptor, r.detector, r.budget), []).append(r)
     out = []
-    for (ds, kind, det, budget), rs in sorted(groups.items()):
-        row = {"dataset": ds, "descriptor": kind, "detector": det, "budget": budget, "pairs": len(rs),
+    for (ds, gap, kind, det, budget), rs in sorted(groups.items()):
+        row = {"dataset": ds, "gap": gap, "descriptor": kind, "detector": det, "budget": budget, "pairs": len(rs),
                "keypoints": float(np.mean([r.keypoints for r in rs]))}
         for m in _METRICS:
             vals = np.array([getattr(r, m) for r in rs], float)
@@ -353,17 +407,27 @@ def _markdown(summary: list[dict], command: str) -> str:
              f"Repeatability: nearest keypoint within 5/10 cm; inlier ratio: mutual matches within "
              f"{TAU1 * 100:.0f} cm; FMR: inlier ratio > {TAU2 * 100:.0f} %; RR: RANSAC with "
              f"RE < {LOOSE[0]:.0f}° & TE < {LOOSE[1] * 100:.0f} cm (strict: RE < {STRICT[0]:.0f}° & "
-             f"TE < {STRICT[1] * 100:.0f} cm). Means over pairs (and trials).", ""]
-    head = ("| data | desc | detector | budget | keypoints | pairs | rep@5cm | rep@10cm | matches | inlier ratio | FMR | RR "
-            "| RR strict | detect [s] | RANSAC [s] |")
+             f"TE < {STRICT[1] * 100:.0f} cm). Means over pairs (and trials); keypoints: mean returned.", ""]
+    head = ("| data | desc | detector | budget | keypoints | pairs | rep@5cm | rep@10cm | matches | inlier ratio "
+            "| FMR | RR | RR strict | detect [s] | RANSAC [s] |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in summary:
+    for r in (r for r in summary if r["gap"] == 0):
         budget = "all" if r["detector"] == FULL else str(r["budget"])
         lines.append(
-            f"| {r['dataset']} | {r['descriptor']} | {r['detector']} | {budget} | {r['keypoints']:.0f} | {r['pairs']} | "
-            f"{r['repeatability_5cm']:.3f} | {r['repeatability_10cm']:.3f} | {r['matches']:.0f} | "
+            f"| {r['dataset']} | {r['descriptor']} | {r['detector']} | {budget} | {r['keypoints']:.0f} | "
+            f"{r['pairs']} | {r['repeatability_5cm']:.3f} | {r['repeatability_10cm']:.3f} | {r['matches']:.0f} | "
             f"{r['inlier_ratio']:.3f} | {r['feature_match_recall']:.3f} | {r['registered']:.3f} | "
             f"{r['registered_strict']:.3f} | {r['detect_s']:.3f} | {r['ransac_s']:.3f} |")
+    per_gap = [r for r in summary if r["gap"] > 0]
+    if per_gap:
+        head = "| data | gap | desc | detector | budget | pairs | rep@10cm | inlier ratio | RR | RR strict |"
+        lines += ["", "By frame gap:", "", head, "|" + "---|" * (head.count("|") - 1)]
+        for r in per_gap:
+            budget = "all" if r["detector"] == FULL else str(r["budget"])
+            lines.append(
+                f"| {r['dataset']} | {r['gap']} | {r['descriptor']} | {r['detector']} | {budget} | {r['pairs']} | "
+                f"{r['repeatability_10cm']:.3f} | {r['inlier_ratio']:.3f} | {r['registered']:.3f} | "
+                f"{r['registered_strict']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -374,6 +438,7 @@ def _plots(summary: list[dict], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
+    summary = [r for r in summary if r["gap"] == 0]
     for ds, kind in sorted({(r["dataset"], r["descriptor"]) for r in summary}):
         rs = [r for r in summary if r["dataset"] == ds and r["descriptor"] == kind]
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -405,7 +470,9 @@ def _plots(summary: list[dict], out: Path) -> list[Path]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = EvalOptions()
     parser.add_argument("--sequence", default=str(DEFAULT_DATA / "7scenes-redkitchen"),
-                        help="7-Scenes-layout depth sequence with poses ('' to skip)")
+                        help="depth sequence with poses: 7-Scenes/TUM folder or 'synthetic' ('' to skip)")
+    parser.add_argument("--frames", nargs=2, type=int, metavar=("START", "END"),
+                        help="only pairs with both frames in [START, END)")
     parser.add_argument("--fragments", default=str(DEFAULT_DATA / "3dmatch-redkitchen"),
                         help="folder with cloud_bin_<i>.ply and gt_T_<i>_from_<j>.txt ('' to skip)")
     parser.add_argument("--detectors", nargs="+", default=list(d.detectors), choices=("ukpgan", "iss", "random", "fps"))
@@ -417,6 +484,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pairs-per-gap", type=int, default=0, help="0: all")
     parser.add_argument("--fragment-trials", type=int, default=d.fragment_trials,
                         help="repeats of each fragment pair with other RANSAC/random seeds")
+    parser.add_argument("--fragment-crops", type=int, default=d.fragment_crops,
+                        help="partial sub-pairs cut from each fragment pair (0: none)")
+    parser.add_argument("--crop-radius", type=float, default=d.crop_radius, help="radius of those crops [m]")
     parser.add_argument("--voxel", type=float, default=d.voxel)
     parser.add_argument("--model", default="", help="UKPGAN weights (default: the shipped model)")
     parser.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
@@ -425,7 +495,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", default="out/eval", help="folder for results.{json,md} and plots")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 2 sequence pairs at gap 10, budgets 50 100, 1 fragment trial")
+                        help="smoke run: 2 sequence pairs at the first gap, budgets <= 100, 1 fragment trial, 2 crops")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -433,11 +503,14 @@ def _options(args: argparse.Namespace) -> EvalOptions:
     opts = EvalOptions(
         detectors=tuple(args.detectors), full_fpfh=not args.no_full_fpfh, budgets=tuple(args.budgets),
         descriptors=tuple(args.descriptors), gaps=tuple(args.gaps), stride=args.stride,
-        max_pairs_per_gap=args.max_pairs_per_gap or None, fragment_trials=args.fragment_trials, voxel=args.voxel,
+        frames=tuple(args.frames) if args.frames else None,
+        max_pairs_per_gap=args.max_pairs_per_gap or None, fragment_trials=args.fragment_trials,
+        fragment_crops=args.fragment_crops, crop_radius=args.crop_radius, voxel=args.voxel,
         model_path=args.model, device=args.device, ransac_iterations=args.ransac_iterations, seed=args.seed)
     if args.quick:
         opts = EvalOptions(**{**asdict(opts), "budgets": tuple(b for b in opts.budgets if b <= 100) or (50,),
                               "gaps": opts.gaps[:1], "max_pairs_per_gap": 2, "fragment_trials": 1,
+                              "fragment_crops": min(opts.fragment_crops, 2),
                               "ransac_iterations": min(opts.ransac_iterations, 20000)})
     return opts
 
@@ -458,9 +531,10 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     opts = _options(args)
     t0 = time.perf_counter()
-    rows = evaluate(opts, _existing(args.sequence, "sequence"), _existing(args.fragments, "fragments"),
+    sequence = args.sequence if args.sequence == "synthetic" else _existing(args.sequence, "sequence")
+    rows = evaluate(opts, sequence, _existing(args.fragments, "fragments"),
                     progress=not args.no_progress)
-    summary = summarize(rows)
+    summary = summarize(rows, by_gap=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "ukpgan eval " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["eval"] else sys.argv[1:])
