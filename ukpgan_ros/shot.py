@@ -263,11 +263,44 @@ def _frames(
     return _Frames(lrf, ok, (s[0], s[2], s[1]), use, dist, g[3:6], sg[1])
 
 
-def _cos_neighbor_lut(device: torch.device) -> Tensor:
+_LUTS: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+
+def _luts(device: torch.device) -> tuple[Tensor, Tensor]:
+    """The two small lookup tables of :func:`_histograms`, built once per device."""
+    if device not in _LUTS:
+        _LUTS[device] = (_cos_neighbor_lut().to(device), _sector_lut().to(device))
+    return _LUTS[device]
+
+
+def _cos_neighbor_lut() -> Tensor:
     """Adjacent cosine bin, indexed by ``2 * step + (residual > 0)``: PCL's ``(step -+ 1) % 10``."""
     step = torch.arange(_N_BINS + 1).repeat_interleave(2)
     up = torch.arange(2).repeat(_N_BINS + 1)
-    return torch.remainder(step + 2 * up - 1, _N_BINS).to(device=device, dtype=torch.int32)
+    return torch.remainder(step + 2 * up - 1, _N_BINS).to(torch.float32)
+
+
+def _sector_lut() -> Tensor:
+    """PCL's azimuth sector (0..7) and whether the azimuth is defined, indexed by
+    ``9 * (sign(x) + 1) + 3 * (sign(y) + 1) + sign(|x| - |y|) + 1``; shape [2, 27].
+
+    PCL decides the quadrant with ``y > 0 || (y == 0 && x < 0)`` and
+    ``x > 0 || (x == 0 && y > 0)`` and the half-quadrant by comparing |x| and |y|, so an offset
+    on an axis or a diagonal belongs to the sector before it (counter-clockwise from -pi);
+    offsets on the z axis (x = y = 0) fall in sector 0 without azimuth interpolation.
+    """
+    table = torch.zeros(2, 27)
+    for sx in (-1, 0, 1):
+        for sy in (-1, 0, 1):
+            for sd in (-1, 0, 1):
+                upper = sy > 0 or (sy == 0 and sx < 0)
+                right = sx > 0 or (sx == 0 and sy > 0)
+                odd = upper != right  # quadrants where the second sector has |x| > |y|
+                half = sd > 0 if odd else sd < 0
+                k = 9 * (sx + 1) + 3 * (sy + 1) + sd + 1
+                table[0, k] = 4 * upper + 2 * odd + half
+                table[1, k] = 0.0 if sx == 0 and sy == 0 else 1.0
+    return table
 
 
 def _histograms(
@@ -283,70 +316,74 @@ def _histograms(
 
     ``cosine`` = neighbour normal . LRF z per pair; ``weight`` (0/1) drops pairs. Coordinates
     are used as they are: PCL also zeroes |v| < 1e-30, which float32 offsets of metric clouds
-    never produce except as exact zeros. Written for speed on CPU: few passes, no ``where``
-    (slow on CPU), flags combined as uint8 bits, bin indices in int32.
+    never produce except as exact zeros. Written for speed on CPU, where comparisons, bool
+    conversions and ``where`` cost 3-30x a multiply: flags are 0/1 floats made with ``sign`` and
+    ``clamp``, the sector comes from a 27-entry table, bin indices become int32 once.
     """
     x, y, z = xyz
     dt = x.dtype
-    i32, u8 = torch.int32, torch.uint8
+    dev = x.device
 
     # cosine bin ``step`` (0..10) and the adjacent one; PCL wraps the adjacent bin modulo 10.
     # In double like PCL: every bin edge moves the other votes to another bin, and float32
     # rounds e.g. cos = 0.9f onto the edge 9.5 where PCL's double stays below it.
     b = cosine.to(torch.float64).clamp_(-1.0, 1.0).add_(1.0).mul_(_N_BINS / 2)
-    step = torch.floor(b + 0.5)
-    res = b.sub_(step).to(dt)  # in [-0.5, 0.5)
-    step_i = step.to(i32)
-    lut_key = step_i * 2 + (res > 0).view(u8)
-    cos_nbr = _cos_neighbor_lut(x.device).index_select(0, lut_key)
+    step64 = torch.floor(b + 0.5)
+    res64 = b.sub_(step64)  # in [-0.5, 0.5)
+    step = step64.to(dt)
+    key = torch.sign(res64).clamp_(min=0).to(dt).add_(step, alpha=2)
+    cos_lut, lut = _luts(dev)
+    cos_nbr = cos_lut.index_select(0, key.to(torch.int32))
+    res = res64.abs_().to(dt)  # |residual|: the vote for the adjacent cosine bin
 
-    # azimuth sector with PCL's rules for offsets on the axes and diagonals:
-    # a boundary belongs to the sector before it (counter-clockwise from -pi)
-    y_pos, y_zero, x_pos, x_zero = y > 0, y == 0, x > 0, x == 0
-    upper_half = y_pos | (y_zero & (x < 0))
-    odd = upper_half ^ (x_pos | (x_zero & y_pos))  # quadrants 1, 3: |x| > |y| is the 2nd sector
+    # azimuth sector and its defined-ness from the signs of x, y and |x| - |y|
     ax, ay = x.abs(), y.abs()
-    half = (odd & (ax > ay)) | (~odd & (ax < ay))
-    sector_u8 = (upper_half.view(u8) << 2) | (odd.view(u8) << 1) | half.view(u8)
-    up = z > 0
-    outer = dist > radius / 2
-    desc = ((sector_u8 << 2) | (outer.view(u8) << 1) | up.view(u8)).to(i32)
-    up_f, outer_f = up.to(dt), outer.to(dt)
+    code = torch.sign(x).mul_(9).add_(torch.sign(y), alpha=3).add_(torch.sign(ax.sub_(ay))).add_(13)
+    code = code.to(torch.int32)
+    sector = lut[0].index_select(0, code)
+    has_az = lut[1].index_select(0, code)
+    up = torch.sign(z).clamp_(min=0)  # z > 0
+    outer = torch.sub(dist, radius / 2).sign_().clamp_(min=0)  # dist > R/2
+    desc = sector * 4 + outer * 2 + up
 
-    # radial distance from the shell's centre (R/4 or 3R/4) in units of R/2
-    rd = torch.mul(dist, 2 / radius).sub_(outer_f).sub_(0.5)
-    w_rad = (rd * (1 - 2 * outer_f)).clamp_(min=0)  # > 0 when moving towards the other shell
+    # radial distance from the shell's centre (R/4 or 3R/4) in units of R/2; the other shell
+    # gets |rd| only when moving towards it
+    rd = torch.mul(dist, 2 / radius).sub_(outer).sub_(0.5)
+    w_rad = (rd * (1 - 2 * outer)).clamp_(min=0)
 
     # elevation distance from the half's centre (45 or 135 degrees) in units of 90 degrees
-    inc_d = torch.atan2(torch.hypot(x, y), z).mul_(2 / _PI).sub_(1.5).add_(up_f)
-    w_inc = (inc_d * (2 * up_f - 1)).clamp_(min=0)
+    inc_d = torch.atan2(torch.hypot(x, y), z).mul_(2 / _PI).sub_(1.5).add_(up)
+    w_inc = (inc_d * (2 * up - 1)).clamp_(min=0)
 
     # azimuth distance from the sector's centre in units of 45 degrees; none on the z axis
-    has_az = (~(x_zero & y_zero)).to(dt)
-    az_d = torch.atan2(y, x).mul_(4 / _PI).add_(3.5).sub_(sector_u8.to(dt)).clamp_(-0.5, 0.5)
-    az_pos = (az_d > 0).view(u8)
+    az_d = torch.atan2(y, x).mul_(4 / _PI).add_(3.5).sub_(sector).clamp_(-0.5, 0.5)
+    az_pos = torch.sign(az_d).clamp_(min=0)  # the adjacent sector is the next one
     w_az = az_d.abs_().mul_(has_az)
 
-    values = torch.empty(5, x.shape[0], dtype=dt, device=x.device)
-    torch.add(res.abs(), rd.abs_(), out=values[0])
+    values = torch.empty(5, x.shape[0], dtype=dt, device=dev)
+    torch.add(res, rd.abs_(), out=values[0])
     values[0].add_(inc_d.abs_()).add_(w_az).sub_(has_az).sub_(3).neg_()  # own bin: 4 - distances
-    values[1] = res.abs_()
+    values[1] = res
     values[2] = w_rad
     values[3] = w_inc
     values[4] = w_az
     values.mul_(weight)
 
-    bins = torch.empty(5, x.shape[0], dtype=i32, device=x.device)
-    own = (desc * 11).add_(qid.to(i32) * SHOT_DIM)  # first bin of the pair's own volume
-    torch.add(own, step_i, out=bins[0])
+    # bins (exact small integers in float32), made int32 once; the query offset added in int32
+    bins = torch.empty(5, x.shape[0], dtype=dt, device=dev)
+    own = desc.mul_(11)  # first bin of the pair's own volume
+    torch.add(own, step, out=bins[0])
     torch.add(own, cos_nbr, out=bins[1])
-    torch.add(bins[0], 22 - 44 * outer.to(i32), out=bins[2])  # other shell: -+2 volumes
-    torch.add(bins[0], 11 - 22 * up.to(i32), out=bins[3])  # other half: -+1 volume
-    # adjacent sector: +-4 volumes, wrapping around the 32 volumes of the same query
-    nbr = (desc + 28 - 24 * az_pos.to(i32)).bitwise_and_(31)
-    torch.add(own.sub_(desc * 11), nbr * 11 + step_i, out=bins[4])
-    hist = torch.zeros(nq * SHOT_DIM, dtype=dt, device=x.device)
-    hist.index_add_(0, bins.flatten().long(), values.flatten())
+    torch.add(bins[0], outer.mul_(-44).add_(22), out=bins[2])  # other shell: -+2 volumes
+    torch.add(bins[0], up.mul_(-22).add_(11), out=bins[3])  # other half: -+1 volume
+    # adjacent sector: +-4 volumes, wrapping around the 32 volumes (352 bins)
+    nbr = bins[0].add(az_pos.mul_(88).sub_(44))
+    wrap = torch.sign(nbr).clamp_(max=0).neg_()  # below 0: add 352
+    wrap.sub_(torch.sub(nbr, SHOT_DIM - 0.5).sign_().clamp_(min=0))  # at/above 352: subtract
+    torch.add(nbr, wrap, alpha=SHOT_DIM, out=bins[4])
+    index = bins.to(torch.int64).add_(qid * SHOT_DIM)
+    hist = torch.zeros(nq * SHOT_DIM, dtype=dt, device=dev)
+    hist.scatter_add_(0, index.view(-1), values.view(-1))  # 2x faster than index_add_ on CPU
     return hist.view(nq, SHOT_DIM)
 
 
@@ -493,11 +530,9 @@ def shot_descriptors(
         if query_idx.numel() and (int(query_idx.min()) < 0 or int(query_idx.max()) >= n_pts):
             raise ValueError(f"query_idx out of range [0, {n_pts})")
     nq = query_idx.shape[0]
-    desc = torch.zeros(nq, SHOT_DIM, dtype=torch.float32, device=device)
-    lrf = torch.zeros(nq, 3, 3, dtype=torch.float32, device=device)
-    valid = torch.zeros(nq, dtype=torch.bool, device=device)
     if nq == 0:
-        return ShotResult(desc, lrf, valid)
+        return ShotResult(torch.zeros(0, SHOT_DIM, device=device), torch.zeros(0, 3, 3, device=device),
+                          torch.zeros(0, dtype=torch.bool, device=device))
 
     grid = build_grid(points, radius, batch)
     # visit queries in grid order: neighbouring queries share neighbours, which keeps gathers local
@@ -511,9 +546,9 @@ def shot_descriptors(
     nrm_t = torch.where(nrm_ok[:, None], nrm, 0.0).t().contiguous()
     cap = max_neighbors or n_pts
     chunk_size = chunk_size or default_chunk_size(device)
-    d_out = torch.empty(nq, SHOT_DIM, dtype=torch.float32, device=device)
-    l_out = torch.empty(nq, 3, 3, dtype=torch.float32, device=device)
-    v_out = torch.empty(nq, dtype=torch.bool, device=device)
+    desc = torch.empty(nq, SHOT_DIM, dtype=torch.float32, device=device)
+    lrf = torch.empty(nq, 3, 3, dtype=torch.float32, device=device)
+    valid = torch.empty(nq, dtype=torch.bool, device=device)
     chunks = _iter_chunks(grid, queries, qbatch, radius, cap, chunk_size, 1024 * chunk_size)
     clock = _Clock(timings, device)
     while True:
@@ -531,15 +566,12 @@ def shot_descriptors(
         hist = _histograms(ch.qid, fr.xyz, fr.dist, cosine, use.to(torch.float32), ch.nq, radius)
         norm = torch.linalg.vector_norm(hist, dim=1)
         ok = fr.valid & (norm > 0)
-        hist = torch.where(ok[:, None], hist / norm.clamp(min=1e-30)[:, None], 0.0)
-        sl = slice(ch.q0, ch.q0 + ch.nq)
-        d_out[sl] = hist
-        l_out[sl] = torch.where(ok[:, None, None], fr.lrf, 0.0)
-        v_out[sl] = ok
+        hist.mul_((ok / norm.clamp(min=1e-30))[:, None])  # unit L2 norm, zero where invalid
+        rows = order[ch.q0:ch.q0 + ch.nq]
+        desc.index_copy_(0, rows, hist)
+        lrf.index_copy_(0, rows, fr.lrf * ok[:, None, None])
+        valid.index_copy_(0, rows, ok)
         clock.stop("shot")
-    desc[order] = d_out
-    lrf[order] = l_out
-    valid[order] = v_out
     return ShotResult(desc, lrf, valid)
 
 
