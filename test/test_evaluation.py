@@ -95,6 +95,15 @@ def test_inlier_ratio_and_success_thresholds() -> None:
     assert not registration_success(R @ T, T, 5, 10.0) and registration_success(R @ T, T, 15, 10.0)
 
 
+def test_probability_stats() -> None:
+    from ukpgan_ros.evaluation import probability_stats
+
+    st = probability_stats(np.array([0.0, 0.05, 0.5, 0.95, 1.0]))
+    assert st["below_0.1"] == pytest.approx(0.4) and st["above_0.9"] == pytest.approx(0.4)
+    assert st["between_0.1_0.9"] == pytest.approx(0.2) and st["above_0.5"] == pytest.approx(0.4)
+    assert st["histogram_10_bins"] == [0.4, 0, 0, 0, 0, 0.2, 0, 0, 0, 0.4]
+
+
 def test_frame_pairs_and_summary() -> None:
     assert frame_pairs(50, [10, 20], 20) == [(10, 10, 0), (10, 30, 20), (20, 20, 0), (20, 40, 20)]
     assert frame_pairs(50, [10], 5, max_pairs=2) == [(10, 10, 0), (10, 15, 5)]
@@ -169,3 +178,7 @@ def test_quick_eval_on_real_data_with_a_model(tmp_path) -> None:
     # ground truth sanity: dense FPFH registers these easy pairs, so the poses are read right
     assert all(r["registered"] == 1.0 for r in full)
     assert all(r["keypoints"] == r["budget"] for r in res["summary"] if r["detector"] == "ukpgan")
+    probs = res["ukpgan_probabilities"]
+    assert set(probs) == {"7scenes", "3dmatch"} and (out / "probabilities.png").is_file()
+    for st in probs.values():
+        assert st["points"] > 1000 and sum(st["histogram_10_bins"]) == pytest.approx(1.0, abs=1e-3)

@@ -40,6 +40,7 @@ __all__ = [
     "frame_pairs",
     "evaluate",
     "summarize",
+    "probability_stats",
     "add_arguments",
     "run",
 ]
@@ -431,6 +432,17 @@ def _markdown(summary: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _probability_markdown(stats: dict[str, dict]) -> str:
+    if not stats:
+        return ""
+    lines = ["", "UKPGAN keypoint probabilities over all voxels (histogram: probabilities.png):", "",
+             "| clouds | points | mean | > 0.5 | < 0.1 | > 0.9 | in [0.1, 0.9] |", "|---|---|---|---|---|---|---|"]
+    for g, st in stats.items():
+        lines.append(f"| {g} | {st['points']} | {st['mean']:.3f} | {st['above_0.5']:.3f} | {st['below_0.1']:.3f} | "
+                     f"{st['above_0.9']:.3f} | {st['between_0.1_0.9']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _plots(summary: list[dict], out: Path) -> list[Path]:
     import matplotlib
 
@@ -462,6 +474,68 @@ def _plots(summary: list[dict], out: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def probability_stats(probs: np.ndarray) -> dict[str, float]:
+    """How sparse and bimodal UKPGAN's probabilities are (the Beta prior asks for both)."""
+    p = np.asarray(probs, np.float64)
+    hist, _ = np.histogram(p, bins=10, range=(0.0, 1.0))
+    return {"points": int(len(p)), "mean": float(p.mean()), "above_0.5": float((p > 0.5).mean()),
+            "below_0.1": float((p < 0.1).mean()), "above_0.9": float((p > 0.9).mean()),
+            "between_0.1_0.9": float(((p >= 0.1) & (p <= 0.9)).mean()),
+            "histogram_10_bins": (hist / max(len(p), 1)).round(4).tolist()}
+
+
+def probability_histogram(opts: EvalOptions, clouds: dict[str, np.ndarray], out: Path) -> dict[str, dict]:
+    """UKPGAN probabilities of every voxel of ``clouds`` (name -> raw points): stats and a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ukpgan_ros.cloud import make_working_cloud
+    from ukpgan_ros.detectors.ukpgan import UkpganDetector
+    from ukpgan_ros.config import DEFAULT_MODEL_PATH
+
+    det = UkpganDetector(opts.model_path or DEFAULT_MODEL_PATH, device=opts.device, voxel_size=opts.voxel)
+    probs = {}
+    for name, raw in clouds.items():
+        viewpoint = None if name.startswith("3dmatch") else (0.0, 0.0, 0.0)
+        wc = make_working_cloud(raw, opts.voxel, normal_radius=2 * opts.voxel, viewpoint=viewpoint)
+        probs[name] = det.probabilities(wc.points, wc.normals)
+    det.release()
+    groups = sorted({n.split(" ")[0] for n in probs})
+    stats = {g: probability_stats(np.concatenate([p for n, p in probs.items() if n.split(" ")[0] == g]))
+             for g in groups}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for g in groups:
+        p = np.concatenate([v for n, v in probs.items() if n.split(" ")[0] == g])
+        ax.hist(p, bins=50, range=(0, 1), histtype="step", density=True, label=f"{g} ({len(p)} points)")
+    ax.set_yscale("log")
+    ax.set_xlabel("UKPGAN keypoint probability")
+    ax.set_ylabel("density")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "probabilities.png", dpi=90)
+    plt.close(fig)
+    return stats
+
+
+def _histogram_clouds(sequence, fragments: Path | None) -> dict[str, np.ndarray]:
+    out = {}
+    if sequence is not None:
+        from ukpgan_ros.io import open_sequence
+
+        seq = open_sequence(str(sequence))
+        name = "synthetic" if str(sequence) == "synthetic" else Path(sequence).resolve().name.split("-")[0]
+        for i in np.linspace(0, len(seq) - 1, 4).round().astype(int):
+            out[f"{name} {i}"] = seq[int(i)].points()
+    if fragments is not None:
+        from ukpgan_ros.io import read_cloud
+
+        for f in sorted(Path(fragments).glob("cloud_bin_*.ply"))[:2]:
+            out[f"3dmatch {f.stem}"] = read_cloud(f)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -532,18 +606,21 @@ def run(args: argparse.Namespace) -> int:
     opts = _options(args)
     t0 = time.perf_counter()
     sequence = args.sequence if args.sequence == "synthetic" else _existing(args.sequence, "sequence")
-    rows = evaluate(opts, sequence, _existing(args.fragments, "fragments"),
-                    progress=not args.no_progress)
+    fragments = _existing(args.fragments, "fragments")
+    rows = evaluate(opts, sequence, fragments, progress=not args.no_progress)
     summary = summarize(rows, by_gap=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    probs = probability_histogram(opts, _histogram_clouds(sequence, fragments), out) if "ukpgan" in opts.detectors else {}
     command = "ukpgan eval " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["eval"] else sys.argv[1:])
     (out / "results.json").write_text(json.dumps(
         {"command": command, "options": asdict(opts), "seconds": time.perf_counter() - t0, "summary": summary,
+         "ukpgan_probabilities": probs,
          "rows": [asdict(r) for r in rows]}, indent=1, default=float) + "\n")
-    (out / "results.md").write_text(_markdown(summary, command))
+    text = _markdown(summary, command) + _probability_markdown(probs)
+    (out / "results.md").write_text(text)
     plots = _plots(summary, out)
-    print(_markdown(summary, command))
+    print(text)
     print(f"wrote {out / 'results.md'}, {out / 'results.json'} and {len(plots)} plot(s)", file=sys.stderr)
     return 0
 
