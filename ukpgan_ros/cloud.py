@@ -68,7 +68,8 @@ def estimate_normals(
         return np.zeros((0, 3), np.float32)
     pcd = o3d.t.geometry.PointCloud(o3d.core.Tensor(np.ascontiguousarray(points, dtype=np.float32)))
     pcd.estimate_normals(max_nn=int(max_nn), radius=float(radius))
-    normals = pcd.point.normals.numpy().astype(np.float32, copy=False)
+    # A copy: a view would keep Open3D memory alive past its allocator at interpreter exit.
+    normals = np.array(pcd.point.normals.numpy(), dtype=np.float32)
     if viewpoint is not None:
         to_view = np.asarray(viewpoint, np.float32)[None, :] - points
         flip = np.einsum("ij,ij->i", normals, to_view) < 0

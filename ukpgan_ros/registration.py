@@ -72,7 +72,7 @@ def compute_fpfh(points: np.ndarray, normals: np.ndarray, indices: np.ndarray | 
     if idx is not None and len(indices) == 0:
         return np.zeros((0, 33), np.float32)
     feat = o3d.t.pipelines.registration.compute_fpfh_feature(pcd, max_nn=max_nn, radius=float(radius), indices=idx)
-    return feat.numpy().astype(np.float32, copy=False)
+    return np.array(feat.numpy(), dtype=np.float32)  # a copy, not a view into Open3D memory
 
 
 def compute_descriptors(kind: str, cloud: WorkingCloud, indices: np.ndarray | None, voxel_size: float,
