@@ -13,6 +13,7 @@ from ukpgan_ros.neighbors import radius_neighbors
 from ukpgan_ros.shot import (
     SHOT_DIM,
     _histograms,
+    _principal_axes,
     compute_shot,
     estimate_normals,
     shot_descriptors,
@@ -240,6 +241,32 @@ def test_binning_rules_on_axes_diagonals_and_wraps():
         np.testing.assert_allclose(got[k].numpy(), ref, atol=2e-6, err_msg=f"offset {offsets[k]}")
 
 
+def test_closed_form_axes_match_lapack():
+    """The vectorised 3x3 eigen-solver against LAPACK (numpy.linalg.eigh) wherever the axes are
+    defined, and a consistent orthonormal choice where an eigenvalue repeats."""
+    rng = np.random.default_rng(4)
+    q, _ = np.linalg.qr(rng.normal(size=(4000, 3, 3)))
+    ev = rng.random((4000, 3)) ** 4 * 10.0 ** rng.uniform(-6, 2, (4000, 1))
+    mats = q @ (ev[:, :, None] * np.swapaxes(q, 1, 2))
+    w, v = np.linalg.eigh(mats)
+    c6 = torch.from_numpy(mats[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]].T.copy())
+    v_max, v_min, ok = (t.numpy() for t in _principal_axes(c6))
+    assert ok.all()
+    gap_max = (w[:, 2] - w[:, 1]) / w[:, 2]
+    gap_min = (w[:, 1] - w[:, 0]) / w[:, 2]
+    assert (1 - np.abs((v_max * v[:, :, 2]).sum(1)))[gap_max > 1e-6].max() < 1e-9
+    assert (1 - np.abs((v_min * v[:, :, 0]).sum(1)))[gap_min > 1e-6].max() < 1e-9
+    # repeated eigenvalues (isotropic, planar-isotropic, linear) and a zero matrix
+    diag = torch.tensor([[1.0, 1, 1], [3, 2, 2], [3, 3, 1], [0, 0, 0]], dtype=torch.float64)
+    c6 = torch.stack([diag[:, 0], 0 * diag[:, 0], 0 * diag[:, 0], diag[:, 1], 0 * diag[:, 0],
+                      diag[:, 2]])
+    v_max, v_min, ok = _principal_axes(c6)
+    assert ok.tolist() == [True, True, True, False]
+    torch.testing.assert_close(v_max.norm(dim=1), torch.ones(4, dtype=torch.float64))
+    torch.testing.assert_close((v_max * v_min).sum(1), torch.zeros(4, dtype=torch.float64))
+    assert v_max[1].abs().tolist() == [1, 0, 0] and v_min[2].abs().tolist() == [0, 0, 1]
+
+
 # ------------------------------------------------------------------------------ invariances
 
 
@@ -273,6 +300,21 @@ def test_permutation_equivariance(small):
     b = shot_descriptors(torch.from_numpy(xyz[perm]), 0.2, torch.from_numpy(nrm[perm]))
     np.testing.assert_allclose(b.descriptors.numpy(), a.descriptors.numpy()[perm], atol=1e-5)
     np.testing.assert_allclose(b.lrf.numpy(), a.lrf.numpy()[perm], atol=1e-5)
+
+
+def test_worker_threads_give_the_same_result(small):
+    xyz, nrm = small
+    p, n = torch.from_numpy(xyz), torch.from_numpy(nrm)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = shot_descriptors(p, 0.2, n, chunk_size=128)
+        torch.set_num_threads(2)
+        two = shot_descriptors(p, 0.2, n, chunk_size=128)
+        assert torch.get_num_threads() == 2  # the worker pool leaves the caller's setting alone
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one.descriptors, two.descriptors) and torch.equal(one.lrf, two.lrf)
 
 
 def test_query_subset_and_chunking_agree(small):
