@@ -59,6 +59,15 @@ def test_3dmatch_pair_is_recovered(redkitchen_pair, detector):
     assert res.fitness > 0.5 and res.num_inliers >= 6 and set(res.timings) >= {"detect", "describe", "ransac", "refine"}
 
 
+@pytest.mark.parametrize("match_against", ["dense", "keypoints"])
+def test_3dmatch_pair_is_recovered_with_shot_descriptors(redkitchen_pair, match_against):
+    src, tgt, T_gt = redkitchen_pair
+    cfg = PipelineConfig(detector="iss", descriptor="shot", match_against=match_against, min_range=0.0, max_range=1000.0)
+    res = register_clouds(src, tgt, cfg)
+    assert res.success
+    assert rotation_error_deg(res.T, T_gt) < 2.0 and translation_error(res.T, T_gt) < 0.05
+
+
 def test_registration_is_equivariant_to_moving_the_source(redkitchen_pair):
     """Moving the source by M must change the estimate to T @ inv(M)."""
     src, tgt, T_gt = redkitchen_pair
