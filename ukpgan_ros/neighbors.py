@@ -19,7 +19,7 @@ The result comes in two layouts:
 * :class:`Neighbors` — padded ``[Q, M]`` rows (``-1`` / ``inf`` padding), the usual public form.
 
 ``max_neighbors`` caps the neighbours kept per query; when a query has more, the nearest ones are
-kept (ties broken by index) and ``counts`` still reports the true number found, so callers can see
+kept (equal distances in grid order) and ``counts`` still reports the true number found, so callers can see
 that capping happened (``counts > max_neighbors``).
 """
 
@@ -93,6 +93,7 @@ class RadiusGrid(NamedTuple):
     n_batches: int
     radius: float
     cells_per_radius: int
+    slack: float
 
 
 def default_chunk_size(device: torch.device | str) -> int:
@@ -186,6 +187,8 @@ def build_grid(
         n_batches=n_batches,
         radius=float(radius),
         cells_per_radius=int(cells_per_radius),
+        # float rounding of cell coordinates; any query that can have neighbours is this close
+        slack=1e-4 * cell + 8 * torch.finfo(points.dtype).eps * (float(points.abs().max()) + radius),
     )
 
 
@@ -206,9 +209,7 @@ def _column_ranges(
     """
     dx, dy, dz = grid.dims
     cell = grid.cell
-    slack = 1e-4 * cell + 4 * torch.finfo(queries.dtype).eps * float(
-        queries.abs().max() if queries.numel() else 0.0
-    )
+    slack = grid.slack
     reach = radius + slack
     rel = queries - grid.origin  # [Q, 3]
     lo = torch.floor((rel[:, :2] - reach) / cell).long()  # [Q, 2] first column in x, y
@@ -281,6 +282,7 @@ def _chunk_pairs(
     qbatch: Tensor | None,
     radius: float,
     max_neighbors: int,
+    ranges: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """All pairs within ``radius`` for a chunk of queries: ``(qid, src, delta[3,P], d2, counts)``.
 
@@ -288,7 +290,7 @@ def _chunk_pairs(
     advanced indexing of ``[P, 3]`` rows.
     """
     nq = queries.shape[0]
-    first, count = _column_ranges(grid, queries, qbatch, radius)
+    first, count = ranges if ranges is not None else _column_ranges(grid, queries, qbatch, radius)
     per_query = count.sum(1)
     count = count.flatten()
     total = int(per_query.sum())
@@ -328,13 +330,13 @@ def _iter_chunks(
         while todo:
             a, b = todo.pop(0)
             qb = None if qbatch is None else qbatch[a:b]
-            if b - a > 1:
-                _, cnt = _column_ranges(grid, queries[a:b], qb, radius)
-                if int(cnt.sum()) > max_candidates:
-                    mid = (a + b) // 2
-                    todo[:0] = [(a, mid), (mid, b)]
-                    continue
-            qid, src, delta, d2, counts = _chunk_pairs(grid, queries[a:b], qb, radius, max_neighbors)
+            ranges = _column_ranges(grid, queries[a:b], qb, radius)
+            if b - a > 1 and int(ranges[1].sum()) > max_candidates:
+                mid = (a + b) // 2
+                todo[:0] = [(a, mid), (mid, b)]
+                continue
+            qid, src, delta, d2, counts = _chunk_pairs(grid, queries[a:b], qb, radius,
+                                                       max_neighbors, ranges)
             yield _Chunk(a, b - a, qid, src, delta, d2, counts)
 
 
