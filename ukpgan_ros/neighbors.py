@@ -77,8 +77,9 @@ class RadiusGrid(NamedTuple):
     """A cloud bucketed for radius search; build once with :func:`build_grid`, query many times.
 
     points: ``[N, 3]`` the points sorted by cell key; ``order[i]`` is the input index of
-    ``points[i]``; ``points_t`` is ``points.T`` ([3, N], rows contiguous). ``start`` is either the dense table ``[n_cells + 1]`` of "points with a smaller
-    key" or ``None`` (then ``keys`` is searched).
+    ``points[i]``; ``points_t`` is ``points.T`` ([3, N], rows contiguous). ``start`` is the
+    dense table ``[n_cells + 1]`` of "points with a smaller key", or ``None`` (then ``keys`` is
+    binary-searched). ``slack`` widens the candidate search against float rounding.
     """
 
     points: Tensor

@@ -154,8 +154,8 @@ def _segment_sum(values: Tensor, offsets: Tensor) -> Tensor:
     """
     k = values.shape[0]
     try:
-        return torch.segment_reduce(values, "sum", offsets=offsets.expand(k, -1), axis=1,
-                                    unsafe=True)
+        off = offsets.expand(k, -1).contiguous()
+        return torch.segment_reduce(values, "sum", offsets=off, axis=1, unsafe=True)
     except (RuntimeError, NotImplementedError):
         kept = offsets[1:] - offsets[:-1]
         qid = torch.repeat_interleave(kept, output_size=values.shape[1])
@@ -238,14 +238,16 @@ def _tie_votes(
     start = (torch.cumsum(kept, 0) - kept).index_select(0, tq)
     total = int(length.sum())
     seg = torch.repeat_interleave(length, output_size=total)  # position in ``tq``
-    sel = torch.arange(total, device=s.device) + (start - (torch.cumsum(length, 0) - length)).index_select(0, seg)
+    shift = start - (torch.cumsum(length, 0) - length)
+    sel = torch.arange(total, device=s.device) + shift.index_select(0, seg)
     distinct = torch.nonzero(d2.index_select(0, sel) > 0).squeeze(1)
     sel, seg = sel.index_select(0, distinct), seg.index_select(0, distinct)
     perm = torch.argsort(d2.index_select(0, sel), stable=True)
     perm = perm.index_select(0, torch.argsort(seg.index_select(0, perm), stable=True))
     sel, seg = sel.index_select(0, perm), seg.index_select(0, perm)
     n_t = n.index_select(0, tq)
-    rank = torch.arange(sel.numel(), device=s.device) - (torch.cumsum(n_t, 0) - n_t).index_select(0, seg)
+    first = torch.cumsum(n_t, 0) - n_t
+    rank = torch.arange(sel.numel(), device=s.device) - first.index_select(0, seg)
     mid = torch.div(n_t, 2, rounding_mode="floor").index_select(0, seg)
     pick = ((rank >= mid - 2) & (rank <= mid + 2)).to(s.dtype)
     pos = (s.index_select(1, sel) > 0).to(s.dtype) * pick
