@@ -172,10 +172,10 @@ def test_clouds_in_keypoints_transforms_pose_and_diagnostics_out(harness_factory
     assert len(tfs) == 2 and len(poses) == 2
     assert poses[-1].header.frame_id == "odom"
     # The published relative motion is the ground truth's, within what 8 cm voxels allow.
-    from ukpgan_ros.ros.demo import _transform_matrix
+    from ukpgan_ros.ros.messages import transform_stamped_to_matrix
 
     T_gt = np.linalg.inv(frames[1].pose) @ frames[2].pose
-    T = _transform_matrix(tfs[-1])
+    T = transform_stamped_to_matrix(tfs[-1])
     assert rotation_error_deg(T, T_gt) < 2.0 and translation_error(T, T_gt) < 0.05
 
     deadline = time.monotonic() + 10

@@ -24,30 +24,10 @@ from sensor_msgs.msg import PointCloud2
 from ukpgan_ros.config import PipelineConfig
 from ukpgan_ros.registration import rotation_error_deg, translation_error
 from ukpgan_ros.ros.detector_node import UkpganDetectorNode
-from ukpgan_ros.ros.messages import stamp_to_seconds
+from ukpgan_ros.ros.messages import pose_stamped_to_matrix, stamp_to_seconds, transform_stamped_to_matrix
 from ukpgan_ros.ros.player_node import DepthPlayerNode
 
 __all__ = ["run_demo"]
-
-
-def _pose_matrix(msg: PoseStamped) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
-    q, p = msg.pose.orientation, msg.pose.position
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
-    T[:3, 3] = (p.x, p.y, p.z)
-    return T
-
-
-def _transform_matrix(msg: TransformStamped) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
-    q, t = msg.transform.rotation, msg.transform.translation
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
-    T[:3, 3] = (t.x, t.y, t.z)
-    return T
 
 
 class _Inbox:
@@ -98,9 +78,9 @@ def run_demo(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     probe.create_subscription(PointCloud2, f"{ns}/keypoints",
                               lambda m: inbox.put("keypoints", stamp_to_seconds(m.header.stamp), m.width * m.height), 10)
     probe.create_subscription(TransformStamped, f"{ns}/transform",
-                              lambda m: inbox.put("transforms", stamp_to_seconds(m.header.stamp), _transform_matrix(m)), 10)
+                              lambda m: inbox.put("transforms", stamp_to_seconds(m.header.stamp), transform_stamped_to_matrix(m)), 10)
     probe.create_subscription(PoseStamped, f"{ns}/pose",
-                              lambda m: inbox.put("poses", stamp_to_seconds(m.header.stamp), _pose_matrix(m)), 10)
+                              lambda m: inbox.put("poses", stamp_to_seconds(m.header.stamp), pose_stamped_to_matrix(m)), 10)
     executor = MultiThreadedExecutor(num_threads=3, context=context)
     for n in (det, player, probe):
         executor.add_node(n)

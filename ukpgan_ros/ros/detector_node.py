@@ -9,7 +9,6 @@ behind the camera.
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 import traceback
@@ -17,24 +16,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TransformStamped
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 try:  # Iron and newer
     from rclpy.event_handler import SubscriptionEventCallbacks
 except ImportError:  # Humble
     from rclpy.qos_event import SubscriptionEventCallbacks
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from ukpgan_ros.config import ConfigError, PipelineConfig, StreamConfig
 from ukpgan_ros.pointcloud2 import CloudFormatError, depth_msgs_to_points, pointcloud2_to_xyz, xyz_to_pointcloud2
-from ukpgan_ros.ros.messages import keypoint_markers, matrix_to_pose_stamped, matrix_to_transform_stamped, stamp_to_seconds
+from ukpgan_ros.ros.messages import keypoint_markers, matrix_to_pose_stamped, matrix_to_transform_stamped
 
 __all__ = ["UkpganDetectorNode", "main", "LIVE_PARAMETERS"]
 
@@ -426,55 +422,16 @@ class UkpganDetectorNode(LifecycleNode):
                 "malformed": st.malformed, "failed": st.failed_registrations, "errors": st.errors, **st.last}
 
 
-class StopOnSignal:
-    """Turns SIGINT/SIGTERM into an Event for the lifetime of a ``with`` block.
-
-    rclpy's own SIGINT handler would tear the context down before ``on_shutdown`` could run, so
-    callers init rclpy with ``SignalHandlerOptions.NO`` and install this before doing anything
-    that a user may interrupt.
-    """
-
-    def __enter__(self) -> threading.Event:
-        self.stop = threading.Event()
-        self._previous = {s: signal.signal(s, lambda *_: self.stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self.stop
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._previous.items():
-            signal.signal(s, h)
+def _autostart(node: UkpganDetectorNode) -> None:
+    if node.get_parameter("autostart").value and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+        node.trigger_activate()
 
 
-def spin_until_signal(nodes, stop: threading.Event, executor=None) -> None:
-    """Spin until ``stop`` is set, then run each lifecycle node's shutdown transition."""
-    executor = executor or SingleThreadedExecutor()
-    for n in nodes:
-        executor.add_node(n)
-    try:
-        while rclpy.ok() and not stop.is_set():
-            executor.spin_once(timeout_sec=0.1)
-    finally:
-        for n in nodes:
-            if isinstance(n, LifecycleNode):
-                try:
-                    n.trigger_shutdown()
-                except Exception:  # noqa: BLE001 - already finalized
-                    pass
-        executor.shutdown()
+def main(args: list[str] | None = None) -> int:
+    from ukpgan_ros.ros.runtime import run_node
 
-
-def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    with StopOnSignal() as stop:
-        node = UkpganDetectorNode()
-        try:
-            if node.get_parameter("autostart").value:
-                if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-                    node.trigger_activate()
-            spin_until_signal([node], stop)
-        finally:
-            node.destroy_node()
-            rclpy.try_shutdown()
+    return run_node(UkpganDetectorNode, args, on_start=_autostart)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

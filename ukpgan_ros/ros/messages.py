@@ -23,6 +23,8 @@ __all__ = [
     "saliency_colors",
     "matrix_to_transform_stamped",
     "matrix_to_pose_stamped",
+    "transform_stamped_to_matrix",
+    "pose_stamped_to_matrix",
     "stamp_to_seconds",
     "seconds_to_stamp",
 ]
@@ -165,3 +167,20 @@ def matrix_to_pose_stamped(T: np.ndarray, header: Header) -> PoseStamped:
     o = msg.pose.orientation
     o.x, o.y, o.z, o.w = map(float, q)
     return msg
+
+
+def _matrix(t, q) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
+    T[:3, 3] = (t.x, t.y, t.z)
+    return T
+
+
+def transform_stamped_to_matrix(msg: TransformStamped) -> np.ndarray:
+    """The 4x4 mapping ``msg.child_frame_id`` coordinates into ``msg.header.frame_id``."""
+    return _matrix(msg.transform.translation, msg.transform.rotation)
+
+
+def pose_stamped_to_matrix(msg: PoseStamped) -> np.ndarray:
+    """The 4x4 placing the pose's frame in ``msg.header.frame_id``."""
+    return _matrix(msg.pose.position, msg.pose.orientation)

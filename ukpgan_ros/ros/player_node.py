@@ -11,12 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
@@ -107,23 +105,11 @@ class DepthPlayerNode(Node):
         return header
 
 
-def main(args: list[str] | None = None) -> None:
-    from ukpgan_ros.ros.detector_node import StopOnSignal, spin_until_signal
+def main(args: list[str] | None = None) -> int:
+    from ukpgan_ros.ros.runtime import run_node
 
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    with StopOnSignal() as stop:
-        try:
-            node = DepthPlayerNode()
-        except (ValueError, FileNotFoundError) as e:
-            print(f"depth_player: {e}", flush=True)
-            rclpy.try_shutdown()
-            raise SystemExit(2)
-        try:
-            spin_until_signal([node], stop)
-        finally:
-            node.destroy_node()
-            rclpy.try_shutdown()
+    return run_node(DepthPlayerNode, args)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
