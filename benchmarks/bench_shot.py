@@ -15,6 +15,7 @@ times a batch of B small unit-scale shapes (UKPGAN training) in one batched call
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -65,7 +66,8 @@ def bench_cloud(xyz: np.ndarray, nrm: np.ndarray, radius: float, device: torch.d
         sync(device)
         stages["total"].append(time.perf_counter() - t0)
     npts = len(xyz)
-    print(f"  device {device}: {npts} points, {int(res.valid.sum())} valid descriptors")
+    print(f"  device {device}: {npts} points, {int(res.valid.sum())} valid descriptors "
+          f"(stage times are summed over worker threads; 'total' is wall time)")
     for k, v in stages.items():
         best = min(v)
         print(f"    {k:<10} best {best * 1e3:8.1f} ms  median {statistics.median(v) * 1e3:8.1f} ms"
@@ -131,7 +133,8 @@ def main() -> None:
         else:
             print("CUDA not available: skipped")
     print(f"{args.cloud.name}: voxel {args.voxel} m -> {len(xyz)} points, radius {args.radius} m, "
-          f"torch {torch.__version__}, {args.threads} CPU threads")
+          f"torch {torch.__version__}, {args.threads} CPU threads, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for dev in devices:
         bench_cloud(xyz, nrm, args.radius, dev, args.repeats)
         if args.shapes:

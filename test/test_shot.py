@@ -309,12 +309,17 @@ def test_worker_threads_give_the_same_result(small):
     try:
         torch.set_num_threads(1)
         one = shot_descriptors(p, 0.2, n, chunk_size=128)
+        three = shot_descriptors(p, 0.2, n, chunk_size=128, workers=3)
+        assert torch.get_num_threads() == 1  # the worker pool leaves the caller's setting alone
         torch.set_num_threads(2)
         two = shot_descriptors(p, 0.2, n, chunk_size=128)
-        assert torch.get_num_threads() == 2  # the worker pool leaves the caller's setting alone
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(one.descriptors, two.descriptors) and torch.equal(one.lrf, two.lrf)
+    for other in (two, three):
+        assert torch.equal(one.descriptors, other.descriptors) and torch.equal(one.lrf, other.lrf)
+    with pytest.raises(ValueError):
+        shot_descriptors(p, 0.2, n, workers=0)
 
 
 def test_query_subset_and_chunking_agree(small):

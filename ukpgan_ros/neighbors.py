@@ -250,18 +250,23 @@ def _column_ranges(
 
 
 def _keep_nearest(qid: Tensor, d2: Tensor, counts: Tensor, max_neighbors: int) -> Tensor:
-    """Boolean mask over pairs keeping the ``max_neighbors`` nearest of every over-full query."""
+    """Boolean mask over pairs keeping the ``max_neighbors`` nearest of every over-full query
+    (equal distances in pair order). The pairs of those queries are sorted row by row in a
+    padded ``[capped queries, largest count]`` block, much faster than sorting all pairs."""
     capped = counts > max_neighbors
-    keep = ~capped[qid]
+    keep = ~capped.index_select(0, qid)
     sel = torch.nonzero(~keep).squeeze(1)
-    # sort the pairs of capped queries by (query, d2, position) with two stable sorts
-    perm = torch.argsort(d2[sel], stable=True)
-    perm = perm[torch.argsort(qid[sel][perm], stable=True)]
-    sel = sel[perm]
-    qs = qid[sel]
-    first = torch.cumsum(torch.where(capped, counts, 0), 0) - torch.where(capped, counts, 0)
-    rank = torch.arange(sel.numel(), device=qid.device) - first[qs]
-    keep[sel[rank < max_neighbors]] = True
+    row_of = torch.cumsum(capped, 0) - 1  # row of each capped query in the block
+    cq = counts[capped]
+    rows = row_of.index_select(0, qid.index_select(0, sel))
+    first = torch.cumsum(cq, 0) - cq
+    pos = torch.arange(sel.numel(), device=qid.device) - first.index_select(0, rows)
+    block = torch.full((cq.numel(), int(cq.max())), float("inf"), dtype=d2.dtype,
+                       device=d2.device)
+    block[rows, pos] = d2.index_select(0, sel)
+    order = torch.sort(block, dim=1, stable=True).indices[:, :max_neighbors]
+    kept = torch.zeros_like(block, dtype=torch.bool).scatter_(1, order, True)
+    keep[sel] = kept[rows, pos]
     return keep
 
 

@@ -456,7 +456,7 @@ def _worker_check() -> bool:
     return torch.get_num_threads() == 1
 
 
-def _cpu_pool() -> ThreadPoolExecutor | None:
+def _cpu_pool(workers: int | None = None) -> ThreadPoolExecutor | None:
     """Worker threads whose torch ops run single-threaded, one per intra-op thread of the caller.
 
     Why: SHOT is hundreds of small tensor ops per chunk. With intra-op (OpenMP) threads each op
@@ -468,7 +468,8 @@ def _cpu_pool() -> ThreadPoolExecutor | None:
     the backend does not keep the setting per thread.
     """
     global _POOL
-    workers = torch.get_num_threads()
+    caller = torch.get_num_threads()
+    workers = caller if workers is None else int(workers)
     if workers <= 1 or getattr(_IN_WORKER, "flag", False):
         return None
     with _POOL_LOCK:
@@ -481,7 +482,7 @@ def _cpu_pool() -> ThreadPoolExecutor | None:
                                   initargs=(barrier,))
         started = [pool.submit(_worker_check) for _ in range(workers)]
         [f.result() for f in started]
-        torch.set_num_threads(workers)  # restore the process default the workers overwrote
+        torch.set_num_threads(caller)  # restore the process default the workers overwrote
         ok = all(f.result() for f in [pool.submit(_worker_check) for _ in range(4 * workers)])
         if not ok:
             pool.shutdown(wait=False)
@@ -490,11 +491,14 @@ def _cpu_pool() -> ThreadPoolExecutor | None:
         return pool
 
 
-def _run_blocks(n: int, block: int, device: torch.device, fn: Callable[[int, int], None]) -> None:
+def _run_blocks(n: int, block: int, device: torch.device, fn: Callable[[int, int], None],
+                workers: int | None = None) -> None:
     """``fn(start, stop)`` for consecutive blocks of ``range(n)``; on CPU the blocks are spread
-    over :func:`_cpu_pool` workers, on CUDA they run in order in the calling thread."""
+    over ``workers`` :func:`_cpu_pool` threads, on CUDA they run in order in the calling thread."""
+    if workers is not None and int(workers) < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     ranges = [(a, min(a + block, n)) for a in range(0, n, block)]
-    pool = _cpu_pool() if device.type == "cpu" and len(ranges) > 1 else None
+    pool = _cpu_pool(workers) if device.type == "cpu" and len(ranges) > 1 else None
     if pool is None:
         for a, b in ranges:
             fn(a, b)
@@ -519,6 +523,7 @@ def shot_lrf(
     *,
     max_neighbors: int | None = None,
     chunk_size: int | None = None,
+    workers: int | None = None,
 ) -> Tensor:
     """SHOT local reference frames ``[Q, 3, 3]`` (rows x, y, z) of ``queries`` over ``points``.
 
@@ -553,7 +558,7 @@ def shot_lrf(
             fr = _frames(ch.qid, ch.delta, ch.dist2, ch.counts.clamp(max=cap), radius)
             out[q0 + ch.q0:q0 + ch.q0 + ch.nq] = fr.lrf
 
-    _run_blocks(nq, chunk_size, points.device, block)
+    _run_blocks(nq, chunk_size, points.device, block, workers)
     return out
 
 
@@ -565,13 +570,15 @@ def estimate_normals(
     batch: Tensor | None = None,
     viewpoint: tuple[float, float, float] = (0.0, 0.0, 0.0),
     chunk_size: int | None = None,
+    workers: int | None = None,
 ) -> Tensor:
     """PCA normals ``[N, 3]`` like PCL's ``NormalEstimation``: the smallest-eigenvalue direction
     of the neighbours' covariance about their centroid, flipped to face ``viewpoint``.
 
-    Neighbours are all points within ``radius`` (the point included) or, with ``k``, the ``k``
-    nearest of them (PCL's ``setKSearch(k)`` when the radius holds at least k points). Points
-    with fewer than 3 neighbours get NaN, as in PCL.
+    Neighbours are all points within ``radius`` (the point included), or with ``k`` the ``k``
+    nearest points (PCL's ``setKSearch(k)``, used by UKPGAN's reference code with k = 40):
+    ``radius`` is then only the first search radius, doubled for the points that have fewer
+    than ``k`` within it. Points with fewer than 3 neighbours get NaN, as in PCL.
     """
     radius = _check_radius(radius)
     points = _as_points(points)
@@ -585,33 +592,58 @@ def estimate_normals(
     queries = points.index_select(0, order)
     qbatch = None if batch is None else batch.long().index_select(0, order)
     cap = int(k) if k is not None else n_pts
+    if k is not None:  # a point can have at most the points of its own cloud as neighbours
+        sizes = torch.bincount(batch.long()) if batch is not None else torch.tensor([n_pts])
+        wanted = sizes.to(device).clamp(max=cap)
+        wanted = wanted.index_select(0, qbatch) if qbatch is not None else wanted.expand(n_pts)
     chunk_size = chunk_size or default_chunk_size(device)
-    out = torch.empty(n_pts, 3, dtype=torch.float32, device=device)
+    out = torch.full((n_pts, 3), float("nan"), dtype=torch.float32, device=device)
     vp = torch.tensor(viewpoint, dtype=torch.float32, device=device)
+    extent = float((points.max(0).values - points.min(0).values).norm())
 
-    def block(q0: int, q1: int) -> None:
-        qb = None if qbatch is None else qbatch[q0:q1]
-        for ch in _iter_chunks(grid, queries[q0:q1], qb, radius, cap, chunk_size,
-                               1024 * chunk_size):
-            d = ch.delta
-            terms = torch.stack([d[0], d[1], d[2], d[0] * d[0], d[0] * d[1], d[0] * d[2],
-                                 d[1] * d[1], d[1] * d[2], d[2] * d[2]])
-            kept = ch.counts.clamp(max=cap)
-            sums = _segment_sum(terms, _offsets(kept)).to(torch.float64)
-            cnt = kept.to(torch.float64)
-            m = sums[:3] / cnt
-            e = sums[3:] / cnt
-            cov6 = torch.stack([e[0] - m[0] * m[0], e[1] - m[0] * m[1], e[2] - m[0] * m[2],
-                                e[3] - m[1] * m[1], e[4] - m[1] * m[2], e[5] - m[2] * m[2]])
-            normal = _principal_axes(torch.nan_to_num(cov6))[1].to(torch.float32)
-            rows = order[q0 + ch.q0:q0 + ch.q0 + ch.nq]
-            p = queries[q0 + ch.q0:q0 + ch.q0 + ch.nq]
-            flip = ((vp - p) * normal).sum(1) < 0
-            normal = torch.where(flip[:, None], -normal, normal)
-            normal = torch.where((cnt >= 3)[:, None], normal, float("nan"))
-            out.index_copy_(0, rows, normal)
+    def solve(todo: Tensor, r: float, last: bool) -> Tensor:
+        """Normals of the (grid-ordered) queries ``todo`` with search radius ``r``; returns
+        those that found fewer than ``k`` neighbours (unless ``last``)."""
+        short: list[Tensor] = []
+        lock = threading.Lock()
 
-    _run_blocks(n_pts, chunk_size, device, block)
+        def block(q0: int, q1: int) -> None:
+            sel = todo[q0:q1]
+            qb = None if qbatch is None else qbatch.index_select(0, sel)
+            for ch in _iter_chunks(grid, queries.index_select(0, sel), qb, r, cap, chunk_size,
+                                   1024 * chunk_size):
+                rows = sel[ch.q0:ch.q0 + ch.nq]
+                kept = ch.counts.clamp(max=cap)
+                done = torch.ones_like(kept, dtype=torch.bool)
+                if k is not None and not last:
+                    done = kept >= wanted.index_select(0, rows)
+                    with lock:
+                        short.append(rows[~done])
+                d = ch.delta
+                terms = torch.stack([d[0], d[1], d[2], d[0] * d[0], d[0] * d[1], d[0] * d[2],
+                                     d[1] * d[1], d[1] * d[2], d[2] * d[2]])
+                sums = _segment_sum(terms, _offsets(kept)).to(torch.float64)
+                cnt = kept.to(torch.float64)
+                m = sums[:3] / cnt
+                e = sums[3:] / cnt
+                cov6 = torch.stack([e[0] - m[0] * m[0], e[1] - m[0] * m[1], e[2] - m[0] * m[2],
+                                    e[3] - m[1] * m[1], e[4] - m[1] * m[2], e[5] - m[2] * m[2]])
+                normal = _principal_axes(torch.nan_to_num(cov6))[1].to(torch.float32)
+                p = queries.index_select(0, rows)
+                flip = ((vp - p) * normal).sum(1) < 0
+                normal = torch.where(flip[:, None], -normal, normal)
+                normal = torch.where((done & (kept >= 3))[:, None], normal, float("nan"))
+                out.index_copy_(0, order.index_select(0, rows), normal)
+
+        _run_blocks(todo.shape[0], chunk_size, device, block, workers)
+        return torch.cat(short) if short else todo[:0]
+
+    todo = torch.arange(n_pts, device=device)
+    r = radius
+    while todo.numel():
+        last = k is None or r > extent
+        todo = solve(todo, r, last)
+        r *= 2
     return out
 
 
@@ -626,6 +658,7 @@ def shot_descriptors(
     normal_radius: float | None = None,
     normal_k: int | None = None,
     chunk_size: int | None = None,
+    workers: int | None = None,
     timings: dict[str, float] | None = None,
 ) -> ShotResult:
     """SHOT-352 of ``points[query_idx]`` (default: all points), using all points as the surface.
@@ -638,7 +671,9 @@ def shot_descriptors(
         small shapes runs in one call.
     max_neighbors: keep only the nearest neighbours of crowded points (default: all, like PCL).
     chunk_size: queries per step (default 1024 on CPU, 65536 on CUDA); memory is bounded by it.
-        On CPU the chunks run on ``torch.get_num_threads()`` worker threads (see ``_cpu_pool``).
+    workers: CPU threads running chunks in parallel (default ``torch.get_num_threads()``). On a
+        machine whose cores are busy with other processes 1 is fastest (GIL hand-overs then
+        wait for the scheduler); see the module docstring for measurements.
     timings: if a dict, seconds spent in "neighbors", "lrf" and "shot" are added to it, summed
         over worker threads (on CUDA this synchronises after every stage: profiling only).
     """
@@ -649,7 +684,8 @@ def shot_descriptors(
     _check_batch(batch, n_pts, "batch", device)
     if normals is None:
         nr = radius / 2 if normal_radius is None else _check_radius(normal_radius, "normal_radius")
-        normals = estimate_normals(points, nr, k=normal_k, batch=batch, chunk_size=chunk_size)
+        normals = estimate_normals(points, nr, k=normal_k, batch=batch, chunk_size=chunk_size,
+                                   workers=workers)
     else:
         if not isinstance(normals, Tensor) or normals.shape != points.shape:
             raise ValueError(f"normals must be a tensor of shape {tuple(points.shape)}")
@@ -717,7 +753,7 @@ def shot_descriptors(
                 for key, sec in clock.timings.items():
                     timings[key] = timings.get(key, 0.0) + sec
 
-    _run_blocks(nq, chunk_size, device, block)
+    _run_blocks(nq, chunk_size, device, block, workers)
     return ShotResult(desc, lrf, valid)
 
 
@@ -732,8 +768,8 @@ def compute_shot(
     """NumPy front end of :func:`shot_descriptors` (``device`` may be "auto": CUDA if present).
 
     Returns ``(descriptors (Q, 352) float32, lrf (Q, 3, 3) float32, valid (Q,) bool)``; extra
-    keyword arguments (``normal_radius``, ``normal_k``, ``max_neighbors``, ``batch``...) pass
-    through.
+    keyword arguments (``normal_radius``, ``normal_k``, ``max_neighbors``, ``batch``,
+    ``workers``...) pass through.
     """
     pts = np.asarray(points)
     if pts.ndim != 2 or pts.shape[1:] != (3,):
