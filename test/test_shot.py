@@ -418,6 +418,20 @@ def test_estimated_normals_are_unit_and_face_the_viewpoint(small):
     assert valid.mean() > 0.99 and np.isfinite(desc).all()
 
 
+def test_knn_normals_match_open3d(small):
+    """``k`` nearest neighbours, whatever the first radius (it grows where too few points)."""
+    o3d = pytest.importorskip("open3d")
+    xyz, _ = small
+    p = torch.from_numpy(xyz)
+    tight = estimate_normals(p, 0.02, k=30)  # 5 cm voxels: nobody has 30 points within 2 cm
+    loose = estimate_normals(p, 0.25, k=30)
+    torch.testing.assert_close(tight, loose, atol=1e-5, rtol=0)
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz.astype(np.float64)))
+    pcd.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(30))
+    cos = np.abs((tight.numpy() * np.asarray(pcd.normals)).sum(1))
+    assert (cos > 0.999).mean() >= 0.99
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
