@@ -244,6 +244,9 @@ def test_shape_sample_targets_and_features() -> None:
     assert 0.005 < radius / opts.feature.radius_voxels < 0.1
     # mirror partners of a symmetric shape are mostly mutual
     assert (s.partner[s.partner] == np.arange(2048)).mean() > 0.5
+    # a partial view (one viewpoint) keeps fewer surfaces and is not mirror symmetric
+    part = shape_sample(np.random.default_rng(0), DataOptions(partial=1.0), _geometric_features)
+    assert part.partner is None and part.target.shape == (2048, 3)
     # same generator seed, same sample (features computed after a random pose)
     s2 = shape_sample(np.random.default_rng(0), opts, _geometric_features)
     np.testing.assert_array_equal(s.target, s2.target)

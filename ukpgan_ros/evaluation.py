@@ -209,11 +209,14 @@ class CloudFeatures:
 
 
 def _prepare_cloud(points: np.ndarray, voxel: float, detectors: dict, budget: int, descriptors: list[str],
-                   device: str, viewpoint) -> CloudFeatures:
+                   device: str) -> CloudFeatures:
     from ukpgan_ros.cloud import make_working_cloud
     from ukpgan_ros.registration import compute_fpfh
 
-    cloud = make_working_cloud(points, voxel, normal_radius=2.0 * voxel, viewpoint=viewpoint)
+    # normals face the origin: the sensor for depth frames and, for 3DMatch fragments, the first
+    # camera of the fragment, whose frame they are stored in (FPFH inlier ratio 0.36 vs 0.33 with
+    # PCA signs on the redkitchen pair)
+    cloud = make_working_cloud(points, voxel, normal_radius=2.0 * voxel)
     order = np.lexsort(cloud.points.T[::-1])  # Open3D's voxel order varies from run to run
     pts, nrm = cloud.points[order], cloud.normals[order]
     kps, det_t = {}, {}
@@ -340,24 +343,23 @@ def evaluate(opts: EvalOptions, sequence: str | Path | None, fragments: Path | N
     unknown = set(opts.descriptors) - {"fpfh", "shot"}
     if unknown:
         raise ValueError(f"unknown descriptor(s) {sorted(unknown)} (fpfh, shot)")
-    jobs: list[tuple[list[Pair], dict, int, object]] = []
+    jobs: list[tuple[list[Pair], dict, int]] = []
     if sequence is not None:
         pairs, loaders = _sequence_pairs(str(sequence), list(opts.gaps), opts.stride, opts.max_pairs_per_gap,
                                          opts.frames)
-        jobs.append((pairs, loaders, 1, (0.0, 0.0, 0.0)))
+        jobs.append((pairs, loaders, 1))
     if fragments is not None:
         pairs, loaders = _fragment_pairs(Path(fragments))
-        # fused fragments are not seen from one origin: leave normal signs to the PCA
-        jobs.append((pairs, loaders, opts.fragment_trials, None))
+        jobs.append((pairs, loaders, opts.fragment_trials))
         if opts.fragment_crops > 0:
             crops, crop_loaders = crop_pairs(pairs, loaders, opts.fragment_crops, opts.crop_radius, opts.seed,
                                              opts.voxel)
-            jobs.append((crops, crop_loaders, 1, None))
+            jobs.append((crops, crop_loaders, 1))
     from tqdm import tqdm
 
     rows: list[PairMetrics] = []
     names = list(opts.detectors) + ([FULL] if opts.full_fpfh else [])
-    for pairs, loaders, trials, viewpoint in jobs:
+    for pairs, loaders, trials in jobs:
         for trial in range(trials):
             detectors = _make_detectors(opts, trial)
             cache: dict[str, CloudFeatures] = {}
@@ -365,7 +367,7 @@ def evaluate(opts: EvalOptions, sequence: str | Path | None, fragments: Path | N
             def feats(key: str) -> CloudFeatures:
                 if key not in cache:
                     cache[key] = _prepare_cloud(loaders[key](), opts.voxel, detectors, max(opts.budgets),
-                                                list(opts.descriptors), opts.device, viewpoint)
+                                                list(opts.descriptors), opts.device)
                 return cache[key]
 
             desc = f"{pairs[0].dataset} trial {trial + 1}/{trials}" if pairs else "pairs"
@@ -500,8 +502,7 @@ def probability_histogram(opts: EvalOptions, clouds: dict[str, np.ndarray], out:
     det = UkpganDetector(opts.model_path or DEFAULT_MODEL_PATH, device=opts.device, voxel_size=opts.voxel)
     probs = {}
     for name, raw in clouds.items():
-        viewpoint = None if name.startswith("3dmatch") else (0.0, 0.0, 0.0)
-        wc = make_working_cloud(raw, opts.voxel, normal_radius=2 * opts.voxel, viewpoint=viewpoint)
+        wc = make_working_cloud(raw, opts.voxel, normal_radius=2 * opts.voxel)
         probs[name] = det.probabilities(wc.points, wc.normals)
     det.release()
     groups = sorted({n.split(" ")[0] for n in probs})

@@ -62,11 +62,12 @@ class DataOptions:
     scene_voxel: float = 0.05  # voxel of real/synthetic frames [m]; shapes get their own
     noise_voxels: float = 0.1  # Gaussian jitter of shape voxels, in voxels
     crops: int = 2  # crops per scene frame or cloud
+    partial: float = 0.0  # share of shapes seen from a single viewpoint
     seed: int = 0
 
     def key(self) -> dict:
         return {"num_points": self.num_points, "feature": self.feature.to_dict(), "scene_voxel": self.scene_voxel,
-                "noise_voxels": self.noise_voxels, "crops": self.crops, "seed": self.seed}
+                "noise_voxels": self.noise_voxels, "crops": self.crops, "partial": self.partial, "seed": self.seed}
 
 
 @dataclass
@@ -135,10 +136,30 @@ def _voxel_for_count(dense: np.ndarray, target: int) -> tuple[float, np.ndarray]
     return voxel, pts
 
 
+def _visible(points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rows of ``points`` seen from a random viewpoint above the horizon (hidden point removal)."""
+    import open3d as o3d
+
+    direction = rng.normal(size=3)
+    direction[2] = abs(direction[2]) + 0.3
+    eye = direction / np.linalg.norm(direction) * rng.uniform(2.5, 4.0)
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
+    _, idx = pcd.hidden_point_removal(eye, 100.0 * float(np.linalg.norm(eye)))
+    return np.sort(np.asarray(idx, np.int64))
+
+
 def shape_sample(rng: np.random.Generator, opts: DataOptions, features: FeatureFn) -> Sample:
-    """One procedural shape: voxelised, jittered, randomly posed for features, canonical target."""
+    """One procedural shape: voxelised, jittered, randomly posed for features, canonical target.
+
+    With probability ``opts.partial`` only the surface seen from one random viewpoint is kept,
+    as a depth camera sees objects (occlusion borders, one side); such samples are not symmetric.
+    """
     shape = random_shape(rng)
-    dense, dense_n = sample_surface(shape, 12 * opts.num_points, rng)
+    partial = rng.uniform() < opts.partial
+    dense, dense_n = sample_surface(shape, (24 if partial else 12) * opts.num_points, rng)
+    if partial:
+        seen = _visible(dense, rng)
+        dense, dense_n = dense[seen], dense_n[seen]
     voxel, pts = _voxel_for_count(dense, opts.num_points)
     pts = pts + rng.normal(0.0, opts.noise_voxels * voxel, pts.shape).astype(np.float32)
     normals = estimate_normals(pts, opts.feature.normal_radius_voxels * voxel, viewpoint=None)
@@ -150,7 +171,7 @@ def shape_sample(rng: np.random.Generator, opts: DataOptions, features: FeatureF
     shift = rng.uniform(-5, 5, 3).astype(np.float32)
     feats = features(pts @ rot.T + shift, normals @ rot.T, opts.feature.radius(voxel), query)
     target = pts[query]
-    return Sample(target, feats, _mirror_partner(target))
+    return Sample(target, feats, None if partial else _mirror_partner(target))
 
 
 def crop_sample(points: np.ndarray, normals: np.ndarray, rng: np.random.Generator, opts: DataOptions,

@@ -254,6 +254,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scene-voxel", type=float, default=DataOptions().scene_voxel,
                         help="voxel size [m] for synthetic/real frames")
     parser.add_argument("--crops", type=int, default=DataOptions().crops, help="crops per scene frame")
+    parser.add_argument("--partial", type=float, default=DataOptions().partial,
+                        help="share of procedural shapes seen from one viewpoint only (0..1)")
     parser.add_argument("--log-every", type=int, default=d.log_every)
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -268,7 +270,7 @@ def _options(args: argparse.Namespace) -> tuple[TrainOptions, DataOptions]:
                         adv_weight=args.adv_weight, gp_weight=args.gp_weight, seed=args.seed,
                         log_every=args.log_every, checkpoint_every=args.checkpoint_every, model=model)
     data = DataOptions(num_points=args.num_points, feature=FeatureSpec(radius_voxels=args.radius_voxels),
-                       scene_voxel=args.scene_voxel, crops=args.crops, seed=args.seed)
+                       scene_voxel=args.scene_voxel, crops=args.crops, partial=args.partial, seed=args.seed)
     return opts, data
 
 
