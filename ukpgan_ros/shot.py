@@ -606,11 +606,12 @@ def estimate_normals(
         those that found fewer than ``k`` neighbours (unless ``last``)."""
         short: list[Tensor] = []
         lock = threading.Lock()
+        grid_r = grid if r == radius else build_grid(points, r, batch)  # cells sized for r
 
         def block(q0: int, q1: int) -> None:
             sel = todo[q0:q1]
             qb = None if qbatch is None else qbatch.index_select(0, sel)
-            for ch in _iter_chunks(grid, queries.index_select(0, sel), qb, r, cap, chunk_size,
+            for ch in _iter_chunks(grid_r, queries.index_select(0, sel), qb, r, cap, chunk_size,
                                    1024 * chunk_size):
                 rows = sel[ch.q0:ch.q0 + ch.nq]
                 kept = ch.counts.clamp(max=cap)
