@@ -43,14 +43,18 @@ the error grows as 1/eigen-gap (2.4e-5 at a relative gap of 3e-3). Deliberate de
   frames with ``valid = False`` where PCL writes NaN;
 * ``max_neighbors`` (default: none) keeps only the nearest neighbours; PCL has no such cap.
 
-Speed (``benchmarks/bench_shot.py``, 3DMatch ``cloud_bin_0``, all points described, normals
-given): 19 k points at 2.5 cm with r = 0.15 m take ~0.42 s on 2 idle cores, ~0.5 s on one
-(PCL's ``SHOTEstimationOMP`` on 2 threads: 1.13 s); 5.2 k points at 5 cm with r = 0.3 m take
-~0.12 s (PCL: 0.21-0.37 s). CPU chunks run on single-threaded worker threads (``_cpu_pool``),
-because hundreds of small ops each ending in an OpenMP barrier slow down 5-30x as soon as
-another process shares the cores. On CUDA the same code runs in large chunks; the device is
-synchronised only to size a few tensors per chunk (never by ``linalg.eigh``). A ``batch`` vector
-describes many small clouds (UKPGAN training shapes) in one call.
+Speed (``benchmarks/bench_shot.py``, 3DMatch ``cloud_bin_0``, every point described, normals
+given; this 2-core VM was shared with other jobs, load average 2-5.5, so ranges are given):
+19 k points at 2.5 cm, r = 0.15 m: 0.28-0.4 s with 2 workers when the cores are free, 0.50-0.57 s
+on one thread, 0.8 s with 2 workers at load 5.5; PCL's ``SHOTEstimationOMP`` (2 threads): 1.13 s.
+5.2 k points at 5 cm, r = 0.3 m: 0.12 s (2 OpenMP threads, load 2), 0.15 s (1 thread, load 5.5),
+0.20 s (2 workers, load 5.5); PCL: 0.21-0.37 s. CPU chunks run on single-threaded worker threads
+(``_cpu_pool``, ``workers`` argument): torch's own OpenMP threads end each of the hundreds of
+small ops per chunk in a barrier, which made 2 threads 10-50x slower (5-30 s) whenever another
+process held a core; workers degrade gracefully, and on a saturated machine ``workers=1`` is
+fastest. On CUDA the same code runs in large chunks and synchronises the device only to size a
+few tensors per chunk (never via ``linalg.eigh``). A ``batch`` vector describes many small
+clouds (UKPGAN training shapes) in one call.
 """
 
 from __future__ import annotations
