@@ -1,4 +1,4 @@
-"""The ``ukpgan`` command: detect, register, demo, train, eval, bench.
+"""The ``ukpgan`` command: detect, register, demo, train, eval.
 
 Each subcommand parses its flags, builds a PipelineConfig (the same fields the ROS node
 declares) and calls the core; ``demo`` runs the real lifecycle node in-process.
