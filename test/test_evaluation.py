@@ -147,7 +147,7 @@ def test_eval_on_a_synthetic_fragment_pair(tmp_path) -> None:
                      "--out", str(out), "--no-progress")) == 0
     res = json.loads((out / "results.json").read_text())
     by = {(r["detector"], r["budget"]): r for r in res["summary"] if r["dataset"] == "3dmatch"}
-    assert by[("full-fpfh", 0)]["registered"] == 1.0 and by[("full-fpfh", 0)]["feature_match_recall"] == 1.0
+    assert by[("all-points", 0)]["registered"] == 1.0 and by[("all-points", 0)]["feature_match_recall"] == 1.0
     assert by[("fps", 200)]["keypoints"] == 200
     crops = [r for r in res["summary"] if r["dataset"] == "3dmatch-crops"]
     assert len(crops) == 5 and all(r["pairs"] == 3 for r in crops)
@@ -174,7 +174,7 @@ def test_quick_eval_on_real_data_with_a_model(tmp_path) -> None:
                      "--out", str(out), "--no-progress")) == 0
     res = json.loads((out / "results.json").read_text())
     assert {r["dataset"] for r in res["summary"]} == {"7scenes", "3dmatch", "3dmatch-crops"}
-    full = [r for r in res["summary"] if r["detector"] == "full-fpfh"]
+    full = [r for r in res["summary"] if r["detector"] == "all-points"]
     # ground truth sanity: dense FPFH registers these easy pairs, so the poses are read right
     assert all(r["registered"] == 1.0 for r in full)
     assert all(r["keypoints"] == r["budget"] for r in res["summary"] if r["detector"] == "ukpgan")

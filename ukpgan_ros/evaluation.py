@@ -14,7 +14,7 @@ a ground-truth transform:
   strict RE < 5° and TE < 10 cm;
 * timings of detection, description and RANSAC.
 
-``full-fpfh`` is the detector-free baseline: FPFH of every voxel matched mutually. Clouds are
+``all-points`` is the detector-free baseline: descriptors of every voxel matched mutually. Clouds are
 voxelised once, keypoints are detected once per cloud at the largest budget and cut to smaller
 budgets (every backend ranks its keypoints, so the first k are its k-keypoint answer), and
 descriptors are taken from one dense computation per cloud. Writes ``results.json``,
@@ -48,7 +48,7 @@ __all__ = [
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 TAU1, TAU2 = 0.10, 0.05
 LOOSE, STRICT = (15.0, 0.30), (5.0, 0.10)
-FULL = "full-fpfh"
+FULL = "all-points"
 
 
 def _transform(points: np.ndarray, T: np.ndarray) -> np.ndarray:
@@ -210,31 +210,26 @@ class CloudFeatures:
 
 def _prepare_cloud(points: np.ndarray, voxel: float, detectors: dict, budget: int, descriptors: list[str],
                    device: str) -> CloudFeatures:
-    from ukpgan_ros.cloud import make_working_cloud
-    from ukpgan_ros.registration import compute_fpfh
+    from ukpgan_ros.cloud import WorkingCloud, make_working_cloud
+    from ukpgan_ros.registration import compute_descriptors
 
     # normals face the origin: the sensor for depth frames and, for 3DMatch fragments, the first
     # camera of the fragment, whose frame they are stored in (FPFH inlier ratio 0.36 vs 0.33 with
     # PCA signs on the redkitchen pair)
     cloud = make_working_cloud(points, voxel, normal_radius=2.0 * voxel)
     order = np.lexsort(cloud.points.T[::-1])  # Open3D's voxel order varies from run to run
-    pts, nrm = cloud.points[order], cloud.normals[order]
+    cloud = WorkingCloud(cloud.points[order], cloud.normals[order], cloud.raw_count)
     kps, det_t = {}, {}
     for name, det in detectors.items():
         t0 = time.perf_counter()
-        kps[name] = det.detect(pts, nrm, budget).indices
+        kps[name] = det.detect(cloud.points, cloud.normals, budget).indices
         det_t[name] = time.perf_counter() - t0
     desc, desc_t = {}, {}
     for kind in descriptors:
         t0 = time.perf_counter()
-        if kind == "fpfh":
-            desc[kind] = compute_fpfh(pts, nrm, None, 5.0 * voxel)
-        else:
-            from ukpgan_ros.shot import compute_shot
-
-            desc[kind] = compute_shot(pts, 6.0 * voxel, normals=nrm, device=device)[0]
+        desc[kind] = compute_descriptors(kind, cloud, None, voxel, device)
         desc_t[kind] = time.perf_counter() - t0
-    return CloudFeatures(pts, kps, det_t, desc, desc_t)
+    return CloudFeatures(cloud.points, kps, det_t, desc, desc_t)
 
 
 # ------------------------------------------------------------------------------------- per pair
@@ -304,7 +299,7 @@ def _pair_metrics(pair: Pair, src: CloudFeatures, tgt: CloudFeatures, detector: 
 @dataclass(frozen=True)
 class EvalOptions:
     detectors: tuple[str, ...] = ("ukpgan", "iss", "random", "fps")
-    full_fpfh: bool = True
+    all_points: bool = True
     budgets: tuple[int, ...] = (50, 100, 250, 500)
     descriptors: tuple[str, ...] = ("fpfh",)
     gaps: tuple[int, ...] = (10, 20, 40)
@@ -357,8 +352,11 @@ def evaluate(opts: EvalOptions, sequence: str | Path | None, fragments: Path | N
             jobs.append((crops, crop_loaders, 1))
     from tqdm import tqdm
 
+    from ukpgan_ros.model.checkpoint import resolve_device
+
+    device = str(resolve_device(opts.device))  # SHOT descriptors need a concrete device
     rows: list[PairMetrics] = []
-    names = list(opts.detectors) + ([FULL] if opts.full_fpfh else [])
+    names = list(opts.detectors) + ([FULL] if opts.all_points else [])
     for pairs, loaders, trials in jobs:
         for trial in range(trials):
             detectors = _make_detectors(opts, trial)
@@ -367,7 +365,7 @@ def evaluate(opts: EvalOptions, sequence: str | Path | None, fragments: Path | N
             def feats(key: str) -> CloudFeatures:
                 if key not in cache:
                     cache[key] = _prepare_cloud(loaders[key](), opts.voxel, detectors, max(opts.budgets),
-                                                list(opts.descriptors), opts.device)
+                                                list(opts.descriptors), device)
                 return cache[key]
 
             desc = f"{pairs[0].dataset} trial {trial + 1}/{trials}" if pairs else "pairs"
@@ -463,7 +461,7 @@ def _plots(summary: list[dict], out: Path) -> list[Path]:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=det)
             full = [r for r in rs if r["detector"] == FULL]
             if full and metric != "repeatability_10cm":
-                ax.axhline(full[0][metric], color="k", ls="--", lw=1, label="FPFH, all points")
+                ax.axhline(full[0][metric], color="k", ls="--", lw=1, label="all points")
             ax.set_xscale("log")
             ax.set_xlabel("keypoints")
             ax.set_ylabel(label)
@@ -551,7 +549,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fragments", default=str(DEFAULT_DATA / "3dmatch-redkitchen"),
                         help="folder with cloud_bin_<i>.ply and gt_T_<i>_from_<j>.txt ('' to skip)")
     parser.add_argument("--detectors", nargs="+", default=list(d.detectors), choices=("ukpgan", "iss", "random", "fps"))
-    parser.add_argument("--no-full-fpfh", action="store_true", help="skip the all-points FPFH baseline")
+    parser.add_argument("--no-all-points", action="store_true",
+                        help="skip the detector-free baseline (descriptors of every voxel)")
     parser.add_argument("--budgets", nargs="+", type=int, default=list(d.budgets))
     parser.add_argument("--descriptors", nargs="+", default=list(d.descriptors), choices=("fpfh", "shot"))
     parser.add_argument("--gaps", nargs="+", type=int, default=list(d.gaps), help="frame gaps of sequence pairs")
@@ -576,7 +575,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _options(args: argparse.Namespace) -> EvalOptions:
     opts = EvalOptions(
-        detectors=tuple(args.detectors), full_fpfh=not args.no_full_fpfh, budgets=tuple(args.budgets),
+        detectors=tuple(args.detectors), all_points=not args.no_all_points, budgets=tuple(args.budgets),
         descriptors=tuple(args.descriptors), gaps=tuple(args.gaps), stride=args.stride,
         frames=tuple(args.frames) if args.frames else None,
         max_pairs_per_gap=args.max_pairs_per_gap or None, fragment_trials=args.fragment_trials,
