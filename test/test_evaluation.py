@@ -116,9 +116,13 @@ def test_frame_pairs_and_summary() -> None:
                 keypoints=50, repeatability_5cm=0.2, repeatability_10cm=0.4, matches=10, inlier_ratio=0.1,
                 feature_match_recall=1.0, rotation_error_deg=1.0, translation_error_m=0.1, registered=1.0,
                 registered_strict=0.0, detect_s=0.1, describe_s=0.1, ransac_s=0.1)
-    rows = [PairMetrics(**base), PairMetrics(**{**base, "registered": 0.0, "inlier_ratio": 0.3})]
+    rows = [PairMetrics(**base), PairMetrics(**{**base, "trial": 1, "registered": 0.0, "inlier_ratio": 0.3}),
+            PairMetrics(**{**base, "pair": "q", "gap": 2, "registered": 1.0, "inlier_ratio": 0.2})]
     (s,) = summarize(rows)
-    assert s["pairs"] == 2 and s["registered"] == 0.5 and s["inlier_ratio"] == pytest.approx(0.2)
+    assert s["pairs"] == 2 and s["runs"] == 3
+    assert s["registered"] == pytest.approx(2 / 3) and s["inlier_ratio"] == pytest.approx(0.2)
+    by_gap = summarize(rows, by_gap=True)
+    assert [(r["gap"], r["runs"]) for r in by_gap] == [(0, 3), (1, 2), (2, 1)]
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -143,7 +147,7 @@ def test_eval_on_a_synthetic_fragment_pair(tmp_path) -> None:
     np.savetxt(frag / "gt_T_0_from_1.txt", T)
     out = tmp_path / "out"
     assert run(_args("--sequence", "", "--fragments", str(frag), "--detectors", "random", "fps",
-                     "--budgets", "100", "200", "--fragment-trials", "1", "--fragment-crops", "3", "--crop-radius", "1.0",
+                     "--budgets", "100", "200", "--trials", "1", "--fragment-crops", "3", "--crop-radius", "1.0",
                      "--out", str(out), "--no-progress")) == 0
     res = json.loads((out / "results.json").read_text())
     by = {(r["detector"], r["budget"]): r for r in res["summary"] if r["dataset"] == "3dmatch"}

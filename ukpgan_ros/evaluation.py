@@ -123,13 +123,18 @@ def frame_pairs(num_frames: int, gaps: list[int], stride: int, max_pairs: int | 
     return out
 
 
+def _sequence_name(spec: str) -> str:
+    """'synthetic', or a folder's name up to its first dash ('7scenes-redkitchen' -> '7scenes')."""
+    return "synthetic" if spec == "synthetic" else Path(spec).resolve().name.split("-")[0]
+
+
 def _sequence_pairs(spec: str, gaps: list[int], stride: int, max_pairs: int | None,
                     frames: tuple[int, int] | None) -> tuple[list[Pair], dict[str, callable]]:
     """Frame pairs of a depth sequence: a 7-Scenes/TUM folder or 'synthetic' (io.open_sequence)."""
     from ukpgan_ros.io import open_sequence
 
     seq = open_sequence(spec)
-    name = "synthetic" if spec == "synthetic" else Path(spec).resolve().name.split("-")[0]
+    name = _sequence_name(spec)
     loaders, pairs = {}, []
     for gap, s, t in frame_pairs(len(seq), gaps, stride, max_pairs, frames):
         ps, pt = seq[s].pose, seq[t].pose
@@ -284,11 +289,10 @@ def _pair_metrics(pair: Pair, src: CloudFeatures, tgt: CloudFeatures, detector: 
     t0 = time.perf_counter()
     T, _ = ransac_from_correspondences(sx, tx, corr, 1.5 * voxel, ransac_iterations, 0.999, seed)
     ransac_s = time.perf_counter() - t0
-    re, te = rotation_error_deg(T, pair.T), translation_error(T, pair.T)
     return PairMetrics(
         pair.dataset, pair.name, pair.gap, detector, budget if detector != FULL else 0, kind, trial, len(si),
-        rep5, rep10, len(corr), ir, float(ir > TAU2), re, te,
-        float(re < LOOSE[0] and te < LOOSE[1]), float(re < STRICT[0] and te < STRICT[1]),
+        rep5, rep10, len(corr), ir, float(ir > TAU2), rotation_error_deg(T, pair.T), translation_error(T, pair.T),
+        float(registration_success(T, pair.T, *LOOSE)), float(registration_success(T, pair.T, *STRICT)),
         det_s, (src.describe_time[kind] + tgt.describe_time[kind]) / 2, ransac_s,
     )
 
@@ -306,7 +310,7 @@ class EvalOptions:
     stride: int = 20
     frames: tuple[int, int] | None = None
     max_pairs_per_gap: int | None = None
-    fragment_trials: int = 3
+    trials: int = 3
     fragment_crops: int = 20
     crop_radius: float = 1.5
     voxel: float = 0.05
@@ -338,18 +342,18 @@ def evaluate(opts: EvalOptions, sequence: str | Path | None, fragments: Path | N
     unknown = set(opts.descriptors) - {"fpfh", "shot"}
     if unknown:
         raise ValueError(f"unknown descriptor(s) {sorted(unknown)} (fpfh, shot)")
-    jobs: list[tuple[list[Pair], dict, int]] = []
+    jobs: list[tuple[list[Pair], dict]] = []
     if sequence is not None:
         pairs, loaders = _sequence_pairs(str(sequence), list(opts.gaps), opts.stride, opts.max_pairs_per_gap,
                                          opts.frames)
-        jobs.append((pairs, loaders, 1))
+        jobs.append((pairs, loaders))
     if fragments is not None:
         pairs, loaders = _fragment_pairs(Path(fragments))
-        jobs.append((pairs, loaders, opts.fragment_trials))
+        jobs.append((pairs, loaders))
         if opts.fragment_crops > 0:
             crops, crop_loaders = crop_pairs(pairs, loaders, opts.fragment_crops, opts.crop_radius, opts.seed,
                                              opts.voxel)
-            jobs.append((crops, crop_loaders, 1))
+            jobs.append((crops, crop_loaders))
     from tqdm import tqdm
 
     from ukpgan_ros.model.checkpoint import resolve_device
@@ -357,7 +361,8 @@ def evaluate(opts: EvalOptions, sequence: str | Path | None, fragments: Path | N
     device = str(resolve_device(opts.device))  # SHOT descriptors need a concrete device
     rows: list[PairMetrics] = []
     names = list(opts.detectors) + ([FULL] if opts.all_points else [])
-    for pairs, loaders, trials in jobs:
+    trials = opts.trials
+    for pairs, loaders in jobs:
         for trial in range(trials):
             detectors = _make_detectors(opts, trial)
             cache: dict[str, CloudFeatures] = {}
@@ -394,7 +399,8 @@ def summarize(rows: list[PairMetrics], by_gap: bool = False) -> list[dict]:
             groups.setdefault((r.dataset, gap, r.descriptor, r.detector, r.budget), []).append(r)
     out = []
     for (ds, gap, kind, det, budget), rs in sorted(groups.items()):
-        row = {"dataset": ds, "gap": gap, "descriptor": kind, "detector": det, "budget": budget, "pairs": len(rs),
+        row = {"dataset": ds, "gap": gap, "descriptor": kind, "detector": det, "budget": budget,
+               "pairs": len({r.pair for r in rs}), "runs": len(rs),
                "keypoints": float(np.mean([r.keypoints for r in rs]))}
         for m in _METRICS:
             vals = np.array([getattr(r, m) for r in rs], float)
@@ -408,7 +414,7 @@ def _markdown(summary: list[dict], command: str) -> str:
              f"Repeatability: nearest keypoint within 5/10 cm; inlier ratio: mutual matches within "
              f"{TAU1 * 100:.0f} cm; FMR: inlier ratio > {TAU2 * 100:.0f} %; RR: RANSAC with "
              f"RE < {LOOSE[0]:.0f}° & TE < {LOOSE[1] * 100:.0f} cm (strict: RE < {STRICT[0]:.0f}° & "
-             f"TE < {STRICT[1] * 100:.0f} cm). Means over pairs (and trials); keypoints: mean returned.", ""]
+             f"TE < {STRICT[1] * 100:.0f} cm). Means over pairs and their repeats (--trials); keypoints: mean returned.", ""]
     head = ("| data | desc | detector | budget | keypoints | pairs | rep@5cm | rep@10cm | matches | inlier ratio "
             "| FMR | RR | RR strict | detect [s] | RANSAC [s] |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
@@ -526,7 +532,7 @@ def _histogram_clouds(sequence, fragments: Path | None) -> dict[str, np.ndarray]
         from ukpgan_ros.io import open_sequence
 
         seq = open_sequence(str(sequence))
-        name = "synthetic" if str(sequence) == "synthetic" else Path(sequence).resolve().name.split("-")[0]
+        name = _sequence_name(str(sequence))
         for i in np.linspace(0, len(seq) - 1, 4).round().astype(int):
             out[f"{name} {i}"] = seq[int(i)].points()
     if fragments is not None:
@@ -556,8 +562,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gaps", nargs="+", type=int, default=list(d.gaps), help="frame gaps of sequence pairs")
     parser.add_argument("--stride", type=int, default=d.stride, help="frames between pair starts")
     parser.add_argument("--max-pairs-per-gap", type=int, default=0, help="0: all")
-    parser.add_argument("--fragment-trials", type=int, default=d.fragment_trials,
-                        help="repeats of each fragment pair with other RANSAC/random seeds")
+    parser.add_argument("--trials", type=int, default=d.trials,
+                        help="repeats of every pair with other RANSAC and random-sampling seeds (RANSAC is a "
+                             "coin flip on pairs with few inliers; repeats make recall an expectation)")
     parser.add_argument("--fragment-crops", type=int, default=d.fragment_crops,
                         help="partial sub-pairs cut from each fragment pair (0: none)")
     parser.add_argument("--crop-radius", type=float, default=d.crop_radius, help="radius of those crops [m]")
@@ -569,7 +576,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", default="out/eval", help="folder for results.{json,md} and plots")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 2 sequence pairs at the first gap, budgets <= 100, 1 fragment trial, 2 crops")
+                        help="smoke run: 2 sequence pairs at the first gap, budgets <= 100, 1 trial, 2 crops")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -578,12 +585,12 @@ def _options(args: argparse.Namespace) -> EvalOptions:
         detectors=tuple(args.detectors), all_points=not args.no_all_points, budgets=tuple(args.budgets),
         descriptors=tuple(args.descriptors), gaps=tuple(args.gaps), stride=args.stride,
         frames=tuple(args.frames) if args.frames else None,
-        max_pairs_per_gap=args.max_pairs_per_gap or None, fragment_trials=args.fragment_trials,
+        max_pairs_per_gap=args.max_pairs_per_gap or None, trials=args.trials,
         fragment_crops=args.fragment_crops, crop_radius=args.crop_radius, voxel=args.voxel,
         model_path=args.model, device=args.device, ransac_iterations=args.ransac_iterations, seed=args.seed)
     if args.quick:
         opts = EvalOptions(**{**asdict(opts), "budgets": tuple(b for b in opts.budgets if b <= 100) or (50,),
-                              "gaps": opts.gaps[:1], "max_pairs_per_gap": 2, "fragment_trials": 1,
+                              "gaps": opts.gaps[:1], "max_pairs_per_gap": 2, "trials": 1,
                               "fragment_crops": min(opts.fragment_crops, 2),
                               "ransac_iterations": min(opts.ransac_iterations, 20000)})
     return opts

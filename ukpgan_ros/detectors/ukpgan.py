@@ -71,8 +71,7 @@ class UkpganDetector:
         for s in range(0, len(pts), self.block):
             idx = np.arange(s, min(s + self.block, len(pts)))
             feats = local_features(pts, normals, self.feature_radius, idx, device=dev)
-            with torch.no_grad():
-                out[idx] = self.encoder.probabilities(torch.from_numpy(feats).to(self.device)).cpu().numpy()
+            out[idx] = self.encoder.probabilities(torch.from_numpy(feats).to(self.device)).cpu().numpy()
         return out
 
     def detect(self, points: np.ndarray, normals: np.ndarray | None, max_keypoints: int) -> Keypoints:

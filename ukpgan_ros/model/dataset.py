@@ -235,12 +235,8 @@ def iter_samples(sources: list[str], opts: DataOptions, features: FeatureFn) -> 
                 yield f"{label}/crop{c}", crop_sample(pts, nrm, rng, opts, features)
 
 
-def _default_features(points, normals, radius, query_idx):
-    return local_features(points, normals, radius, query_idx)
-
-
 def build_dataset(sources: list[str], opts: DataOptions, cache_dir: str | Path | None = None,
-                  features: FeatureFn = _default_features, progress: bool = True) -> SampleSet:
+                  features: FeatureFn = local_features, progress: bool = True) -> SampleSet:
     """Build (or load from ``cache_dir``) the stacked training set for ``sources``."""
     if not sources:
         raise ValueError("no training sources given")
