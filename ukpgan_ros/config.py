@@ -66,7 +66,7 @@ class _Fields:
 class PipelineConfig(_Fields):
     """Everything that shapes detection and registration (metres, seconds)."""
 
-    detector: str = _f("iss", "keypoint detector backend", choices=("ukpgan", "iss", "random", "fps"))
+    detector: str = _f("ukpgan", "keypoint detector backend", choices=("ukpgan", "iss", "random", "fps"))
     device: str = _f("auto", "torch device for the detector and SHOT", choices=("auto", "cpu", "cuda"))
     voxel_size: float = _f(0.05, "voxel size of the working cloud [m]; radii derive from it", range=(0.005, 1.0))
     max_keypoints: int = _f(250, "keypoint budget per frame", range=(4, 100000))
