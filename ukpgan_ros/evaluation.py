@@ -314,6 +314,7 @@ class EvalOptions:
     fragment_crops: int = 20
     crop_radius: float = 1.5
     voxel: float = 0.05
+    nms_radius: float = 0.0  # 0: the pipeline's default, 2 x voxel
     model_path: str = ""
     device: str = "auto"
     ransac_iterations: int = 100000
@@ -326,8 +327,8 @@ def _make_detectors(opts: EvalOptions, trial: int) -> dict:
 
     out = {}
     for name in opts.detectors:
-        cfg = PipelineConfig(detector=name, voxel_size=opts.voxel, model_path=opts.model_path, device=opts.device,
-                             seed=opts.seed + trial)
+        cfg = PipelineConfig(detector=name, voxel_size=opts.voxel, nms_radius=opts.nms_radius,
+                             model_path=opts.model_path, device=opts.device, seed=opts.seed + trial)
         out[name] = make_detector(cfg.validate())
     return out
 
@@ -569,6 +570,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="partial sub-pairs cut from each fragment pair (0: none)")
     parser.add_argument("--crop-radius", type=float, default=d.crop_radius, help="radius of those crops [m]")
     parser.add_argument("--voxel", type=float, default=d.voxel)
+    parser.add_argument("--nms-radius", type=float, default=d.nms_radius,
+                        help="NMS radius of ukpgan and iss [m] (0: the pipeline's 2 x voxel)")
     parser.add_argument("--model", default="", help="UKPGAN weights (default: the shipped model)")
     parser.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
     parser.add_argument("--ransac-iterations", type=int, default=d.ransac_iterations)
@@ -587,6 +590,7 @@ def _options(args: argparse.Namespace) -> EvalOptions:
         frames=tuple(args.frames) if args.frames else None,
         max_pairs_per_gap=args.max_pairs_per_gap or None, trials=args.trials,
         fragment_crops=args.fragment_crops, crop_radius=args.crop_radius, voxel=args.voxel,
+        nms_radius=args.nms_radius,
         model_path=args.model, device=args.device, ransac_iterations=args.ransac_iterations, seed=args.seed)
     if args.quick:
         opts = EvalOptions(**{**asdict(opts), "budgets": tuple(b for b in opts.budgets if b <= 100) or (50,),
