@@ -65,8 +65,9 @@ class TrainOptions:
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
-def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator of one step's random draws (prior samples, penalty interpolation)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
 def _batch_indices(n: int, batch: int, seed: int, step: int) -> torch.Tensor:
@@ -164,7 +165,7 @@ def train(data: SampleSet, opts: TrainOptions, device: torch.device, run_dir: st
     acc: list[dict[str, float]] = []
     for step in range(start, opts.steps):
         idx = _batch_indices(len(data), opts.batch_size, opts.seed, step)
-        gen = _step_generator(opts.seed, step, torch.device("cpu"))
+        gen = _step_generator(opts.seed, step)
         losses = train_step(net, opt_g, opt_c, data.batch(idx, device), opts, gen)
         acc.append(losses)
         done = step + 1
