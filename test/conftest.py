@@ -19,6 +19,18 @@ def need(path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Model tests are tiny: one torch thread avoids oversubscribing a shared CPU (two threads
+    on a loaded 2-core machine made SHOT of 18 k points take 41 s instead of 0.5 s)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def redkitchen_pair():
     """3DMatch redkitchen fragments 1 -> 0 with the benchmark's ground truth."""

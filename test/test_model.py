@@ -18,13 +18,7 @@ from ukpgan_ros.model.losses import (
 from ukpgan_ros.model.networks import Encoder, ModelConfig, UkpganNet, salient_code, tree_arch
 from ukpgan_ros.model.shapes import SHAPE_KINDS, Part, random_rotation, random_shape, sample_surface
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Training tests are tiny; one thread avoids oversubscribing a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL = ModelConfig(hidden_dim=32, hidden_layers=1, emb_dim=16, code_dim=32, critic_dims=(64, 16))

@@ -20,13 +20,7 @@ from ukpgan_ros.model.shapes import random_rotation, random_shape, sample_surfac
 VOXEL = 0.05
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """SHOT and the encoder on a shared 2-core CPU: one thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CFG = ModelConfig(hidden_dim=32, hidden_layers=1, emb_dim=8, code_dim=16, critic_dims=(32,))
 
