@@ -112,6 +112,7 @@ def _play(args, cfg, seq, player, det, inbox) -> int:
     print(f"{'frame':>6} {'kps':>5} {'latency':>9} {'RE[deg]':>8} {'TE[cm]':>7} {'GT motion':>14}")
     for idx in player.indices:
         frame_gt = seq[idx].pose
+        before = det.diagnostics_snapshot()
         t_pub = time.monotonic()
         header = player.publish_frame(idx)
         stamp = stamp_to_seconds(header.stamp)
@@ -119,8 +120,13 @@ def _play(args, cfg, seq, player, det, inbox) -> int:
             print(f"{idx:>6} no result within {args.timeout} s (dropped or malformed)")
             continue
         latency = time.monotonic() - t_pub
-        got_tf = inbox.wait_for("transforms", stamp, 0.3) if prev_gt is not None else False
-        inbox.wait_for("poses", stamp, 0.05 if got_tf else 0.0)
+        # The node (in this process) says whether the frame registered; only then is a transform
+        # and a pose on the way, however long the loaded machine takes to deliver them.
+        after = _wait_processed(det, before["processed"] + 1, args.timeout)
+        registered = prev_gt is not None and after["failed"] == before["failed"]
+        got_tf = registered and inbox.wait_for("transforms", stamp, args.timeout)
+        if got_tf:
+            inbox.wait_for("poses", stamp, args.timeout)
         row = {"frame": idx, "keypoints": inbox.keypoints[stamp], "latency_ms": 1e3 * latency}
         line = f"{idx:>6} {row['keypoints']:>5} {row['latency_ms']:>7.0f}ms"
         if frame_gt is not None and prev_gt is not None:
@@ -145,6 +151,15 @@ def _play(args, cfg, seq, player, det, inbox) -> int:
         prev_gt = frame_gt
         rows.append(row)
     return _summarise(args, cfg, rows, det, inbox, np.array(est_positions), np.array(gt_positions), first_gt, prev_gt)
+
+
+def _wait_processed(det, n: int, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    snap = det.diagnostics_snapshot()
+    while snap["processed"] < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+        snap = det.diagnostics_snapshot()
+    return snap
 
 
 def _summarise(args, cfg, rows, det, inbox, est, gt, first_gt, last_gt) -> int:

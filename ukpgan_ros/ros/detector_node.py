@@ -341,7 +341,6 @@ class UkpganDetectorNode(LifecycleNode):
             return
         self._publish(result, header, cfg)
         st = self._stats
-        st.processed += 1
         st.last = {f"time_{k}_ms": v * 1e3 for k, v in result.timings.items()}
         st.last.update({
             "time_convert_ms": t_conv * 1e3,
@@ -360,6 +359,7 @@ class UkpganDetectorNode(LifecycleNode):
                 self.get_logger().warning(st.last_message, throttle_duration_sec=2.0)
             else:
                 st.last_message = ""
+        st.processed += 1  # last: readers of the counters see a finished frame
 
     def _publish(self, result, header, cfg: PipelineConfig) -> None:
         kps = result.keypoints
