@@ -75,9 +75,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
           f"detect {1e3 * (t3 - t2):.1f} ms")
     if args.out:
         from ukpgan_ros.io import write_cloud
-        from ukpgan_ros.plots import saliency_rgb
+        from ukpgan_ros.plots import saliency_colors
 
-        write_cloud(args.out, kps.xyz, colors=saliency_rgb(kps.scores))
+        write_cloud(args.out, kps.xyz, colors=saliency_colors(kps.scores))
         print(f"keypoints written to {args.out}")
     if args.png:
         from ukpgan_ros.plots import plot_keypoints

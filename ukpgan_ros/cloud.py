@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import open3d as o3d
 
+from ukpgan_ros.config import NORMAL_RADIUS_VOXELS
+
 __all__ = [
     "as_points",
     "crop_range",
@@ -113,5 +115,5 @@ def make_working_cloud(
     raw = len(pts)
     pts = crop_range(pts, min_range, max_range)
     pts = voxel_downsample(pts, voxel_size)
-    normals = estimate_normals(pts, normal_radius or 2.0 * voxel_size, viewpoint=viewpoint)
+    normals = estimate_normals(pts, normal_radius or NORMAL_RADIUS_VOXELS * voxel_size, viewpoint=viewpoint)
     return WorkingCloud(pts, normals, raw)

@@ -11,9 +11,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["PipelineConfig", "StreamConfig", "ConfigError", "DEFAULT_MODEL_PATH"]
+__all__ = [
+    "PipelineConfig", "StreamConfig", "ConfigError", "DEFAULT_MODEL_PATH",
+    "NORMAL_RADIUS_VOXELS", "FPFH_RADIUS_VOXELS", "SHOT_RADIUS_VOXELS", "MATCH_DISTANCE_VOXELS", "NMS_RADIUS_VOXELS",
+]
 
 DEFAULT_MODEL_PATH = str(Path(__file__).resolve().parent / "weights" / "ukpgan.safetensors")
+
+# Every radius derives from the voxel size, as in Open3D's registration examples (normals 2x,
+# FPFH 5x, match distance 1.5x); SHOT at 6x is PCL's 0.3 m on 5 cm voxels.
+NORMAL_RADIUS_VOXELS = 2.0
+FPFH_RADIUS_VOXELS = 5.0
+SHOT_RADIUS_VOXELS = 6.0
+MATCH_DISTANCE_VOXELS = 1.5
+NMS_RADIUS_VOXELS = 2.0
 
 
 class ConfigError(ValueError):
@@ -94,26 +105,25 @@ class PipelineConfig(_Fields):
     model_path: str = _f("", "UKPGAN weights (.safetensors); empty means the shipped model")
     seed: int = _f(0, "seed for random sampling and RANSAC", range=(0, 2**31 - 1))
 
-    # Derived radii follow Open3D's registration examples: normals 2x, FPFH 5x, match 1.5x voxel.
     @property
     def normal_radius(self) -> float:
-        return 2.0 * self.voxel_size
+        return NORMAL_RADIUS_VOXELS * self.voxel_size
 
     @property
     def fpfh_radius(self) -> float:
-        return 5.0 * self.voxel_size
+        return FPFH_RADIUS_VOXELS * self.voxel_size
 
     @property
     def match_distance(self) -> float:
-        return 1.5 * self.voxel_size
+        return MATCH_DISTANCE_VOXELS * self.voxel_size
 
     @property
     def shot_radius(self) -> float:
-        return 6.0 * self.voxel_size
+        return SHOT_RADIUS_VOXELS * self.voxel_size
 
     @property
     def effective_nms_radius(self) -> float:
-        return self.nms_radius if self.nms_radius > 0 else 2.0 * self.voxel_size
+        return self.nms_radius if self.nms_radius > 0 else NMS_RADIUS_VOXELS * self.voxel_size
 
     @property
     def resolved_model_path(self) -> str:

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ukpgan_ros.config import MATCH_DISTANCE_VOXELS
+
 __all__ = [
     "PairMetrics",
     "relative_repeatability",
@@ -221,7 +223,7 @@ def _prepare_cloud(points: np.ndarray, voxel: float, detectors: dict, budget: in
     # normals face the origin: the sensor for depth frames and, for 3DMatch fragments, the first
     # camera of the fragment, whose frame they are stored in (FPFH inlier ratio 0.36 vs 0.33 with
     # PCA signs on the redkitchen pair)
-    cloud = make_working_cloud(points, voxel, normal_radius=2.0 * voxel)
+    cloud = make_working_cloud(points, voxel)
     order = np.lexsort(cloud.points.T[::-1])  # Open3D's voxel order varies from run to run
     cloud = WorkingCloud(cloud.points[order], cloud.normals[order], cloud.raw_count)
     kps, det_t = {}, {}
@@ -287,7 +289,7 @@ def _pair_metrics(pair: Pair, src: CloudFeatures, tgt: CloudFeatures, detector: 
     corr = mutual_matches(src.descriptors[kind][si], tgt.descriptors[kind][ti])
     ir = inlier_ratio(sx, tx, corr, pair.T)
     t0 = time.perf_counter()
-    T, _ = ransac_from_correspondences(sx, tx, corr, 1.5 * voxel, ransac_iterations, 0.999, seed)
+    T, _ = ransac_from_correspondences(sx, tx, corr, MATCH_DISTANCE_VOXELS * voxel, ransac_iterations, 0.999, seed)
     ransac_s = time.perf_counter() - t0
     return PairMetrics(
         pair.dataset, pair.name, pair.gap, detector, budget if detector != FULL else 0, kind, trial, len(si),
@@ -507,7 +509,7 @@ def probability_histogram(opts: EvalOptions, clouds: dict[str, np.ndarray], out:
     det = UkpganDetector(opts.model_path or DEFAULT_MODEL_PATH, device=opts.device, voxel_size=opts.voxel)
     probs = {}
     for name, raw in clouds.items():
-        wc = make_working_cloud(raw, opts.voxel, normal_radius=2 * opts.voxel)
+        wc = make_working_cloud(raw, opts.voxel)
         probs[name] = det.probabilities(wc.points, wc.normals)
     det.release()
     groups = sorted({n.split(" ")[0] for n in probs})

@@ -6,6 +6,7 @@ reference); the node and the CLI drive it, tests drive it without ROS.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -169,9 +170,7 @@ def register_clouds(source: np.ndarray, target: np.ndarray, cfg: PipelineConfig,
         timings: dict[str, float] = {}
         src = pipe._features(source, timings, dense_needed=False)
         tgt = pipe._features(target, {}, dense_needed=cfg.match_against == "dense")
-        res = pipe._register(src, tgt, timings)
-        return RegistrationResult(res.T, res.fitness, res.inlier_rmse, res.num_correspondences, res.num_inliers,
-                                  res.success, timings, res.message)
+        return dataclasses.replace(pipe._register(src, tgt, timings), timings=timings)
     finally:
         if detector is None:
             pipe.release()

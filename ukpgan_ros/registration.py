@@ -13,6 +13,7 @@ import numpy as np
 import open3d as o3d
 
 from ukpgan_ros.cloud import WorkingCloud, to_legacy
+from ukpgan_ros.config import FPFH_RADIUS_VOXELS, MATCH_DISTANCE_VOXELS, SHOT_RADIUS_VOXELS
 from ukpgan_ros.detectors.base import Keypoints
 
 __all__ = [
@@ -93,11 +94,11 @@ def compute_descriptors(kind: str, cloud: WorkingCloud, indices: np.ndarray | No
     """Descriptors of ``kind`` (fpfh: radius 5 x voxel; shot: radius 6 x voxel) at ``indices``
     of the working cloud (every point if None)."""
     if kind == "fpfh":
-        return compute_fpfh(cloud.points, cloud.normals, indices, 5.0 * voxel_size)
+        return compute_fpfh(cloud.points, cloud.normals, indices, FPFH_RADIUS_VOXELS * voxel_size)
     if kind == "shot":
         from ukpgan_ros.shot import compute_shot
 
-        desc, _, _ = compute_shot(cloud.points, 6.0 * voxel_size, normals=cloud.normals,
+        desc, _, _ = compute_shot(cloud.points, SHOT_RADIUS_VOXELS * voxel_size, normals=cloud.normals,
                                   query_idx=indices, device=device)
         return np.asarray(desc, np.float32)
     raise ValueError(f"unknown descriptor {kind!r} (fpfh or shot)")
@@ -207,7 +208,7 @@ def register_features(
     """Match the source's keypoint descriptors mutually with the target's keypoints (or, with
     ``dense_target``, with all its points), RANSAC them, optionally refine with ICP, and grade."""
     timings: dict[str, float] = {}
-    distance = 1.5 * voxel_size
+    distance = MATCH_DISTANCE_VOXELS * voxel_size
     t0 = time.perf_counter()
     src_kp = src.keypoints.xyz
     tgt_kp, tgt_desc = tgt.match_side(dense_target)

@@ -17,6 +17,7 @@ from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ukpgan_ros.detectors.base import Keypoints
+from ukpgan_ros.plots import saliency_colors
 
 __all__ = [
     "keypoint_markers",
@@ -28,31 +29,6 @@ __all__ = [
     "stamp_to_seconds",
     "seconds_to_stamp",
 ]
-
-# Viridis sampled at 17 evenly spaced points (matplotlib's values; linear interpolation stays
-# within 0.021 of the full map): perceptually uniform and readable on RViz's dark background,
-# without importing matplotlib in a node.
-_VIRIDIS = np.array(
-    [
-        [0.267004, 0.004874, 0.329415],
-        [0.282327, 0.094955, 0.417331],
-        [0.278826, 0.175490, 0.483397],
-        [0.258965, 0.251537, 0.524736],
-        [0.229739, 0.322361, 0.545706],
-        [0.199430, 0.387607, 0.554642],
-        [0.172719, 0.448791, 0.557885],
-        [0.149039, 0.508051, 0.557250],
-        [0.127568, 0.566949, 0.550556],
-        [0.120638, 0.625828, 0.533488],
-        [0.157851, 0.683765, 0.501686],
-        [0.246070, 0.738910, 0.452024],
-        [0.369214, 0.788888, 0.382914],
-        [0.515992, 0.831158, 0.294279],
-        [0.678489, 0.863742, 0.189503],
-        [0.845561, 0.887322, 0.099702],
-        [0.993248, 0.906157, 0.143936],
-    ]
-)
 
 
 def stamp_to_seconds(stamp: Any) -> float:
@@ -73,22 +49,6 @@ def seconds_to_stamp(seconds: float) -> Time:
 
 def _copy_header(header: Header) -> Header:
     return Header(frame_id=header.frame_id, stamp=Time(sec=header.stamp.sec, nanosec=header.stamp.nanosec))
-
-
-def saliency_colors(scores: np.ndarray, score_range: tuple[float, float] | None = None) -> np.ndarray:
-    """Viridis RGB (K, 3) for scores; low = dark purple, high = yellow.
-
-    ``score_range`` fixes the scale so colours compare across frames; None stretches this
-    frame's min..max (all-equal scores map to the top colour).
-    """
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if s.size == 0:
-        return np.zeros((0, 3))
-    lo, hi = (float(np.min(s)), float(np.max(s))) if score_range is None else map(float, score_range)
-    t = np.ones_like(s) if hi <= lo else np.clip((s - lo) / (hi - lo), 0.0, 1.0)
-    t = np.nan_to_num(t, nan=0.0)
-    grid = np.linspace(0.0, 1.0, len(_VIRIDIS))
-    return np.stack([np.interp(t, grid, _VIRIDIS[:, c]) for c in range(3)], axis=1)
 
 
 def keypoint_markers(
