@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +21,8 @@ from ukpgan_ros.evaluation import (
 )
 from ukpgan_ros.model.shapes import random_rotation
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+from conftest import DATA
+
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -24,16 +24,11 @@ from ukpgan_ros.io import (
     write_cloud,
 )
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+from conftest import DATA, need
+
 BUNNY = DATA / "pcl-bunny"
 MATCH = DATA / "3dmatch-redkitchen"
 KITCHEN = DATA / "7scenes-redkitchen"
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"real data not available: {path} (see shared/data/README.md)")
-    return path
 
 
 def parse_ply_xyz(path: Path) -> np.ndarray:

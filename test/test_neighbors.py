@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy.spatial import cKDTree
 
+from conftest import SHARED
 from ukpgan_ros.neighbors import (
     build_grid,
     pairs_to_padded,
@@ -16,7 +16,6 @@ from ukpgan_ros.neighbors import (
     radius_pairs,
 )
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 BUNNY = SHARED / "data" / "pcl-bunny" / "bun0.pcd"
 FRAGMENT = SHARED / "data" / "3dmatch-redkitchen" / "cloud_bin_0.ply"
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import SHARED
 from ukpgan_ros.neighbors import radius_neighbors
 from ukpgan_ros.shot import (
     SHOT_DIM,
@@ -20,7 +20,6 @@ from ukpgan_ros.shot import (
     shot_lrf,
 )
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 FIXTURE = SHARED / "fixtures" / "shot_pcl_3dmatch_r030.npz"
 
 
