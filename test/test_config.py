@@ -16,7 +16,7 @@ def test_defaults_are_valid_and_radii_follow_the_voxel():
     assert cfg.normal_radius == pytest.approx(2 * cfg.voxel_size)
     assert cfg.fpfh_radius == pytest.approx(5 * cfg.voxel_size)
     assert cfg.match_distance == pytest.approx(1.5 * cfg.voxel_size)
-    assert cfg.effective_nms_radius == pytest.approx(2 * cfg.voxel_size)
+    assert cfg.effective_nms_radius == pytest.approx(1.5 * cfg.voxel_size)
     assert PipelineConfig(nms_radius=0.3).effective_nms_radius == 0.3
     StreamConfig().validate()
 

