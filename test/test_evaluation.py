@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from ukpgan_ros.evaluation import (
     add_arguments,
     frame_pairs,
     inlier_ratio,
+    paired_differences,
     registration_success,
     relative_repeatability,
     run,
@@ -120,6 +122,33 @@ def test_frame_pairs_and_summary() -> None:
     assert [(r["gap"], r["runs"]) for r in by_gap] == [(0, 3), (1, 2), (2, 1)]
 
 
+def test_paired_differences_match_a_loop_and_bracket_the_mean() -> None:
+    base = dict(dataset="d", pair="p", gap=1, detector="iss", budget=100, descriptor="fpfh", trial=0,
+                keypoints=100, repeatability_5cm=0.2, repeatability_10cm=0.4, matches=10, inlier_ratio=0.1,
+                feature_match_recall=1.0, rotation_error_deg=1.0, translation_error_m=0.1, registered=1.0,
+                registered_strict=0.0, detect_s=0.1, describe_s=0.1, ransac_s=0.1)
+    rng = np.random.default_rng(3)
+    rows, expected = [], []
+    for k in range(30):
+        ref_ir, det_ir = rng.uniform(0.1, 0.4, size=2), rng.uniform(0.2, 0.5, size=2)
+        for trial in range(2):
+            rows.append(PairMetrics(**{**base, "pair": f"p{k}", "trial": trial, "inlier_ratio": ref_ir[trial]}))
+            rows.append(PairMetrics(**{**base, "pair": f"p{k}", "trial": trial, "detector": "ukpgan",
+                                       "inlier_ratio": det_ir[trial], "registered": float(k % 10 != 0)}))
+        expected.append(det_ir.mean() - ref_ir.mean())
+    rows.append(PairMetrics(**{**base, "pair": "only-iss"}))  # unpaired rows are left out
+    (d,) = paired_differences(rows, reference="iss")
+    assert d["pairs"] == 30 and d["detector"] == "ukpgan"
+    ir = d["inlier_ratio"]
+    assert ir["mean"] == pytest.approx(np.mean(expected))
+    assert ir["lo"] < ir["mean"] < ir["hi"] and ir["lo"] > 0  # a clear, consistent gain excludes 0
+    rr = d["registered"]
+    assert rr["mean"] == pytest.approx(-0.1) and rr["lo"] < rr["mean"] < rr["hi"]
+    same = [PairMetrics(**{**asdict(r), "detector": "random"}) for r in rows if r.detector == "iss"]
+    (z,) = paired_differences(rows[:0] + [r for r in rows if r.detector == "iss"] + same)
+    assert z["inlier_ratio"] == {"mean": 0.0, "lo": 0.0, "hi": 0.0}
+
+
 def _args(*argv: str) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     add_arguments(p)
@@ -169,9 +198,12 @@ def test_quick_eval_on_real_data_with_a_model(tmp_path) -> None:
     model = export_encoder(tmp_path / "m.safetensors", UkpganNet(cfg).encoder, cfg,
                            {"feature": {"kind": "shot", "radius_voxels": 6.0, "normal_radius_voxels": 2.0}})
     out = tmp_path / "out"
-    assert run(_args("--quick", "--model", str(model), "--detectors", "ukpgan", "random",
+    assert run(_args("--quick", "--model", str(model), "--detectors", "ukpgan", "random", "iss",
                      "--out", str(out), "--no-progress")) == 0
     res = json.loads((out / "results.json").read_text())
+    paired = {(d["dataset"], d["detector"]) for d in res["paired_to_iss"]}
+    assert paired == {(ds, det) for ds in ("7scenes", "3dmatch", "3dmatch-crops") for det in ("ukpgan", "random")}
+    assert "Paired differences to iss" in (out / "results.md").read_text()
     assert {r["dataset"] for r in res["summary"]} == {"7scenes", "3dmatch", "3dmatch-crops"}
     full = [r for r in res["summary"] if r["detector"] == "all-points"]
     # ground truth sanity: dense FPFH registers these easy pairs, so the poses are read right
