@@ -128,7 +128,7 @@ def test_make_detector_builds_it_from_the_config(model_file) -> None:
     cfg = PipelineConfig(detector="ukpgan", model_path=str(model_file), device="cpu", voxel_size=0.04)
     det = make_detector(cfg)
     assert isinstance(det, UkpganDetector)
-    assert det.feature_radius == pytest.approx(6 * 0.04) and det.nms_radius == pytest.approx(0.08)
+    assert det.feature_radius == pytest.approx(6 * 0.04) and det.nms_radius == pytest.approx(1.5 * 0.04)
     det.release()
 
 
