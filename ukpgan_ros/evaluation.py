@@ -309,7 +309,7 @@ class EvalOptions:
     all_points: bool = True
     budgets: tuple[int, ...] = (50, 100, 250, 500)
     descriptors: tuple[str, ...] = ("fpfh",)
-    gaps: tuple[int, ...] = (10, 20, 40)
+    gaps: tuple[int, ...] = (10, 20, 40, 60, 80)  # 60/80: recall at 10-40 saturates near 1.0
     stride: int = 10
     frames: tuple[int, int] | None = None
     max_pairs_per_gap: int | None = None
