@@ -74,7 +74,7 @@ def qos_profile(reliability: str, depth: int):
 
 def make_cloud() -> object:
     """A 640x480 cloud with point_step 16, as a depth camera publishes it (x, y, z, intensity)."""
-    from ukpgan_ros.pointcloud2 import xyz_to_pointcloud2
+    from ukpgan_ros.ros.cloud_msgs import xyz_to_pointcloud2
 
     rng = np.random.default_rng(0)
     pts = rng.uniform(-1, 1, size=(WIDTH * HEIGHT, 3)).astype(np.float32)
@@ -188,7 +188,8 @@ def run_case(args: argparse.Namespace) -> None:
 
 def time_conversions(repeats: int) -> dict[str, float]:
     """Median ms of NumPy -> PointCloud2 and back for 640x480 (no ROS graph needed)."""
-    from ukpgan_ros.pointcloud2 import pointcloud2_fields, pointcloud2_to_xyz, xyz_to_pointcloud2
+    from ukpgan_ros.pointcloud2 import pointcloud2_fields, pointcloud2_to_xyz
+    from ukpgan_ros.ros.cloud_msgs import xyz_to_pointcloud2
 
     rng = np.random.default_rng(1)
     pts = rng.uniform(-1, 1, size=(WIDTH * HEIGHT, 3)).astype(np.float32)

@@ -24,14 +24,15 @@ import torch
 from ukpgan_ros.cloud import make_working_cloud
 from ukpgan_ros.config import DEFAULT_MODEL_PATH, PipelineConfig
 from ukpgan_ros.detectors import make_detector
-from ukpgan_ros.model.features import local_features
-from ukpgan_ros.nms import radius_nms
+from ukpgan_ros.features import compute_descriptors
+from ukpgan_ros.detectors.nms import radius_nms
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
 def clouds() -> dict[str, np.ndarray]:
-    from ukpgan_ros.io import SevenScenesSequence, read_cloud
+    from ukpgan_ros.datasets import SevenScenesSequence
+    from ukpgan_ros.io import read_cloud
 
     out = {}
     seq_dir, frag = DATA / "7scenes-redkitchen", DATA / "3dmatch-redkitchen" / "cloud_bin_0.ply"
@@ -84,7 +85,7 @@ def main() -> None:
                 def row(stage: str, seconds: float) -> None:
                     print(f"{name:22s} {voxel:6.3f} {len(pts):7d} {dev:>6s} {stage:>16s} {seconds * 1e3:10.1f}")
 
-                t, feats = timed(lambda: local_features(pts, nrm, radius, None, device=dev), args.repeats, device)
+                t, feats = timed(lambda: compute_descriptors("shot", pts, nrm, None, radius, dev), args.repeats, device)
                 row("ukpgan features", t)
                 f_t = torch.from_numpy(feats).to(device)
                 t, prob = timed(lambda: det.encoder.probabilities(f_t), args.repeats, device)

@@ -20,9 +20,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ukpgan_ros.config import PipelineConfig  # noqa: E402
-from ukpgan_ros.io import open_sequence  # noqa: E402
+from ukpgan_ros.datasets import open_sequence  # noqa: E402
 from ukpgan_ros.pipeline import KeypointPipeline  # noqa: E402
-from ukpgan_ros.registration import rotation_error_deg, translation_error  # noqa: E402
+from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error  # noqa: E402
 
 STAGES = ("convert", "preprocess", "detect", "describe", "match", "ransac", "refine")
 
@@ -43,7 +43,8 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    from ukpgan_ros.pointcloud2 import pointcloud2_to_xyz, xyz_to_pointcloud2
+    from ukpgan_ros.pointcloud2 import pointcloud2_to_xyz
+    from ukpgan_ros.ros.cloud_msgs import xyz_to_pointcloud2
 
     seq = open_sequence(args.data)
     idx = [min(args.start + k * args.gap, len(seq) - 1) for k in range(args.pairs + 1)]
@@ -73,7 +74,7 @@ def main() -> None:
                 sizes.append((r.working_points, len(r.keypoints)))
                 if k and r.registration is not None and f.pose is not None:
                     T_gt = np.linalg.inv(frames[k - 1].pose) @ f.pose
-                    errs.append((rotation_error_deg(r.registration.T, T_gt), translation_error(r.registration.T, T_gt)))
+                    errs.append((rotation_error_deg(r.registration.T_tgt_from_src, T_gt), translation_error(r.registration.T_tgt_from_src, T_gt)))
             med = {s: 1e3 * float(np.median([r.get(s, 0.0) for r in rows[1:]])) for s in STAGES}
             total = 1e3 * float(np.median([sum(r.values()) for r in rows[1:]]))
             e = np.median(np.array(errs), axis=0) if errs else (np.nan, np.nan)

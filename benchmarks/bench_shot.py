@@ -24,7 +24,7 @@ import numpy as np
 import open3d as o3d
 import torch
 
-from ukpgan_ros.shot import shot_descriptors
+from ukpgan_ros.features.shot import shot_descriptors
 
 # PCL 1.13 SHOTEstimationOMP, 2 threads, same points (measured by the project lead on this machine)
 PCL_REFERENCE_MS = {(0.025, 0.15): "1133", (0.05, 0.3): "210-370"}

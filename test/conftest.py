@@ -42,7 +42,7 @@ def redkitchen_pair():
 
 @pytest.fixture(scope="session")
 def seven_scenes():
-    from ukpgan_ros.io import SevenScenesSequence
+    from ukpgan_ros.datasets import SevenScenesSequence
 
     return SevenScenesSequence(need(DATA / "7scenes-redkitchen"))
 

@@ -7,7 +7,8 @@ import open3d as o3d
 import pytest
 
 from conftest import random_rigid, transform
-from ukpgan_ros.cloud import as_points, crop_range, estimate_normals, make_working_cloud, voxel_downsample
+from ukpgan_ros.cloud import as_points, crop_range, make_working_cloud, voxel_downsample
+from ukpgan_ros.features.normals import estimate_normals
 from ukpgan_ros.detectors import make_detector
 from ukpgan_ros.config import PipelineConfig
 from ukpgan_ros.detectors.classic import FpsDetector, IssDetector, RandomDetector, farthest_point_sampling, iss_saliency
@@ -117,4 +118,4 @@ def test_empty_clouds_give_empty_keypoints():
 
 def test_working_cloud_rejects_garbage():
     with pytest.raises(ValueError):
-        make_working_cloud(np.zeros((5, 4)), 0.05)
+        make_working_cloud(np.zeros((5, 4)), 0.05, normal_radius=0.1)

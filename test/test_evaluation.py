@@ -10,17 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from ukpgan_ros.evaluation import (
-    PairMetrics,
-    add_arguments,
-    frame_pairs,
-    inlier_ratio,
-    paired_differences,
-    registration_success,
-    relative_repeatability,
-    run,
-    summarize,
-)
+from ukpgan_ros.evaluation.metrics import inlier_ratio, registration_success, relative_repeatability
+from ukpgan_ros.evaluation.pairs import frame_pairs
+from ukpgan_ros.evaluation.report import paired_differences, summarize
+from ukpgan_ros.evaluation.run import DATA_ENV, PairMetrics, add_arguments, run
 from ukpgan_ros.model.shapes import random_rotation
 
 from conftest import DATA
@@ -93,7 +86,7 @@ def test_inlier_ratio_and_success_thresholds() -> None:
 
 
 def test_probability_stats() -> None:
-    from ukpgan_ros.evaluation import probability_stats
+    from ukpgan_ros.evaluation.report import probability_stats
 
     st = probability_stats(np.array([0.0, 0.05, 0.5, 0.95, 1.0]))
     assert st["below_0.1"] == pytest.approx(0.4) and st["above_0.9"] == pytest.approx(0.4)
@@ -189,7 +182,8 @@ def test_eval_on_a_synthetic_fragment_pair(tmp_path) -> None:
 
 @pytest.mark.skipif(not (DATA / "7scenes-redkitchen").is_dir() or not (DATA / "3dmatch-redkitchen").is_dir(),
                     reason="real data not found at ../shared/data (7scenes-redkitchen, 3dmatch-redkitchen)")
-def test_quick_eval_on_real_data_with_a_model(tmp_path) -> None:
+def test_quick_eval_on_real_data_with_a_model(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(DATA_ENV, str(DATA))  # the default data come from the environment
     from ukpgan_ros.model.checkpoint import export_encoder
     from ukpgan_ros.model.networks import ModelConfig, UkpganNet
 

@@ -11,13 +11,15 @@ import pytest
 from PIL import Image
 from scipy.spatial import cKDTree
 
-from ukpgan_ros.io import (
+from ukpgan_ros.datasets import (
     SEVEN_SCENES_K,
     DepthFrame,
     DepthSequence,
     SevenScenesSequence,
     TumSequence,
     open_sequence,
+)
+from ukpgan_ros.io import (
     read_cloud,
     read_depth_png,
     read_transform,
@@ -344,7 +346,7 @@ def test_tum_default_intrinsics_and_bad_lists(tmp_path):
 
 
 def test_open_sequence_dispatch_and_errors(tmp_path):
-    from ukpgan_ros.synthetic import SyntheticSequence
+    from ukpgan_ros.datasets.synthetic import SyntheticSequence
 
     seq = open_sequence("synthetic", num_frames=3, width=32, height=24, fx=26.0)
     assert isinstance(seq, SyntheticSequence) and isinstance(seq, DepthSequence) and len(seq) == 3

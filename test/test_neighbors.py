@@ -9,7 +9,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from conftest import SHARED
-from ukpgan_ros.neighbors import (
+from ukpgan_ros.features.neighbors import (
     build_grid,
     pairs_to_padded,
     radius_neighbors,

@@ -7,7 +7,25 @@ import time
 import numpy as np
 import pytest
 
-from ukpgan_ros.nms import radius_nms, radius_nms_reference
+from ukpgan_ros.detectors.nms import check_nms_input, nms_candidates, radius_nms
+
+
+def radius_nms_reference(
+    points: np.ndarray,
+    scores: np.ndarray,
+    radius: float,
+    max_keypoints: int | None = None,
+    min_score: float | None = None,
+) -> np.ndarray:
+    """The slow, obvious greedy loop that ``radius_nms`` must equal."""
+    pts, sc = check_nms_input(points, scores, radius)
+    kept: list[int] = []
+    for i in nms_candidates(sc, min_score):
+        if max_keypoints is not None and len(kept) >= max_keypoints:
+            break
+        if all(np.linalg.norm(pts[i] - pts[j]) > radius for j in kept):
+            kept.append(int(i))
+    return np.asarray(kept, np.int64)
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -27,8 +27,9 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField  # noqa: 
 from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
-from ukpgan_ros.pointcloud2 import camera_info_msg, depth_to_image_msg, pointcloud2_fields, xyz_to_pointcloud2  # noqa: E402
-from ukpgan_ros.registration import rotation_error_deg, translation_error  # noqa: E402
+from ukpgan_ros.pointcloud2 import pointcloud2_fields  # noqa: E402
+from ukpgan_ros.ros.cloud_msgs import camera_info_msg, depth_to_image_msg, xyz_to_pointcloud2  # noqa: E402
+from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error  # noqa: E402
 from ukpgan_ros.ros.detector_node import UkpganDetectorNode  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ FAST = {"detector": "fps", "max_keypoints": 64, "voxel_size": 0.08, "ransac_max_
 @pytest.fixture(scope="module")
 def frames():
     """Three frames of the built-in synthetic camera, 3 frames apart, with their poses."""
-    from ukpgan_ros.synthetic import SyntheticSequence
+    from ukpgan_ros.datasets.synthetic import SyntheticSequence
 
     seq = SyntheticSequence(num_frames=12, width=320, height=240, fx=262.5, seed=3)
     return [seq[i] for i in (0, 3, 6)]

@@ -53,7 +53,7 @@ def test_plays_a_7scenes_folder_as_clouds_depth_and_ground_truth():
     K = camera_info_to_K(got["info"][0])
     assert K[0, 0] == 585 and K[1, 2] == 240
     pts = pointcloud2_to_xyz(got["cloud"][0])
-    from ukpgan_ros.io import SevenScenesSequence
+    from ukpgan_ros.datasets import SevenScenesSequence
 
     seq = SevenScenesSequence(folder)
     np.testing.assert_allclose(pts, seq[0].points(), atol=1e-6)

@@ -15,15 +15,13 @@ import pytest
 from ukpgan_ros.depth import depth_to_metres, depth_to_points
 from ukpgan_ros.pointcloud2 import (
     CloudFormatError,
-    camera_info_msg,
     camera_info_to_K,
     depth_image_to_metres,
     depth_msgs_to_points,
-    depth_to_image_msg,
     pointcloud2_fields,
     pointcloud2_to_xyz,
-    xyz_to_pointcloud2,
 )
+from ukpgan_ros.ros.cloud_msgs import camera_info_msg, depth_to_image_msg, xyz_to_pointcloud2
 
 # PointField datatype -> struct format character (sizes as in sensor_msgs/PointField).
 STRUCT = {1: "b", 2: "B", 3: "h", 4: "H", 5: "i", 6: "I", 7: "f", 8: "d"}

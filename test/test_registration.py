@@ -8,9 +8,9 @@ import pytest
 from conftest import DATA, need, random_rigid, transform
 from ukpgan_ros.config import PipelineConfig
 from ukpgan_ros.pipeline import EmptyCloudError, KeypointPipeline, register_clouds
-from ukpgan_ros.registration import (
-    compute_fpfh, count_inliers, mutual_matches, ransac_from_correspondences, rotation_error_deg, translation_error,
-)
+from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error
+from ukpgan_ros.features.fpfh import compute_fpfh
+from ukpgan_ros.registration import count_inliers, mutual_matches, ransac_from_correspondences
 
 
 def test_mutual_matches_equal_a_slow_loop():
@@ -43,7 +43,7 @@ def test_ransac_recovers_a_transform_from_outlier_heavy_matches():
 def test_fpfh_at_indices_equals_dense_fpfh():
     rng = np.random.default_rng(2)
     pts = rng.uniform(0, 1, (3000, 3)).astype(np.float32)
-    from ukpgan_ros.cloud import estimate_normals
+    from ukpgan_ros.features.normals import estimate_normals
 
     n = estimate_normals(pts, 0.1)
     idx = np.array([3, 500, 2999])
@@ -55,7 +55,7 @@ def test_3dmatch_pair_is_recovered(redkitchen_pair, detector):
     src, tgt, T_gt = redkitchen_pair
     res = register_clouds(src, tgt, PipelineConfig(detector=detector, min_range=0.0, max_range=1000.0))
     assert res.success
-    assert rotation_error_deg(res.T, T_gt) < 2.0 and translation_error(res.T, T_gt) < 0.05
+    assert rotation_error_deg(res.T_tgt_from_src, T_gt) < 2.0 and translation_error(res.T_tgt_from_src, T_gt) < 0.05
     assert res.fitness > 0.5 and res.num_inliers >= 6 and set(res.timings) >= {"detect", "describe", "ransac", "refine"}
 
 
@@ -65,7 +65,7 @@ def test_3dmatch_pair_is_recovered_with_shot_descriptors(redkitchen_pair, match_
     cfg = PipelineConfig(detector="iss", descriptor="shot", match_against=match_against, min_range=0.0, max_range=1000.0)
     res = register_clouds(src, tgt, cfg)
     assert res.success
-    assert rotation_error_deg(res.T, T_gt) < 2.0 and translation_error(res.T, T_gt) < 0.05
+    assert rotation_error_deg(res.T_tgt_from_src, T_gt) < 2.0 and translation_error(res.T_tgt_from_src, T_gt) < 0.05
 
 
 def test_registration_is_equivariant_to_moving_the_source(redkitchen_pair):
@@ -75,7 +75,7 @@ def test_registration_is_equivariant_to_moving_the_source(redkitchen_pair):
     cfg = PipelineConfig(detector="iss", min_range=0.0, max_range=1000.0)
     res = register_clouds(transform(src, M), tgt, cfg)
     expected = T_gt @ np.linalg.inv(M)
-    assert rotation_error_deg(res.T, expected) < 2.0 and translation_error(res.T, expected) < 0.05
+    assert rotation_error_deg(res.T_tgt_from_src, expected) < 2.0 and translation_error(res.T_tgt_from_src, expected) < 0.05
 
 
 def test_bunny_scans_with_pcl_ground_truth():
@@ -89,7 +89,7 @@ def test_bunny_scans_with_pcl_ground_truth():
     cfg = PipelineConfig(detector="fps", voxel_size=0.005, max_keypoints=400, min_range=0.0, max_range=100.0,
                          ransac_max_iterations=200000)
     res = register_clouds(bun0, bun4, cfg)
-    assert rotation_error_deg(res.T, T_4_from_0) < 5.0 and translation_error(res.T, T_4_from_0) < 0.01
+    assert rotation_error_deg(res.T_tgt_from_src, T_4_from_0) < 5.0 and translation_error(res.T_tgt_from_src, T_4_from_0) < 0.01
 
 
 def test_consecutive_odometry_on_7scenes(seven_scenes):
@@ -102,7 +102,7 @@ def test_consecutive_odometry_on_7scenes(seven_scenes):
         if prev is not None:
             T_gt = np.linalg.inv(prev.pose) @ f.pose
             assert r.registration is not None and r.registration.success
-            errs.append((rotation_error_deg(r.registration.T, T_gt), translation_error(r.registration.T, T_gt)))
+            errs.append((rotation_error_deg(r.registration.T_tgt_from_src, T_gt), translation_error(r.registration.T_tgt_from_src, T_gt)))
         prev = f
     errs = np.array(errs)
     assert np.median(errs[:, 0]) < 1.0 and np.median(errs[:, 1]) < 0.025
@@ -124,7 +124,7 @@ def test_reference_mode_localises_against_a_map(seven_scenes):
 def test_failed_registration_keeps_pose_and_anchor():
     """A frame that cannot be matched (pure noise) must not move the pose or replace the anchor."""
     rng = np.random.default_rng(4)
-    from ukpgan_ros.synthetic import SyntheticSequence
+    from ukpgan_ros.datasets.synthetic import SyntheticSequence
 
     seq = SyntheticSequence(num_frames=8, width=320, height=240, fx=262.5, seed=1)
     pipe = KeypointPipeline(PipelineConfig(detector="fps", max_keypoints=128, min_fitness=0.5))
@@ -135,7 +135,7 @@ def test_failed_registration_keeps_pose_and_anchor():
     np.testing.assert_array_equal(pipe.pose, np.eye(4))
     r = pipe.process(seq[3].points())  # registers against frame 0, the last good anchor
     T_gt = np.linalg.inv(seq[0].pose) @ seq[3].pose
-    assert r.registration.success and translation_error(r.registration.T, T_gt) < 0.03
+    assert r.registration.success and translation_error(r.registration.T_tgt_from_src, T_gt) < 0.03
 
 
 def test_unusable_clouds_raise_without_touching_state():

@@ -9,16 +9,11 @@ import pytest
 import torch
 
 from conftest import SHARED
-from ukpgan_ros.neighbors import radius_neighbors
-from ukpgan_ros.shot import (
-    SHOT_DIM,
-    _histograms,
-    _principal_axes,
-    compute_shot,
-    estimate_normals,
-    shot_descriptors,
-    shot_lrf,
-)
+from ukpgan_ros.features._ops import _principal_axes
+from ukpgan_ros.features.lrf import shot_lrf
+from ukpgan_ros.features.neighbors import radius_neighbors
+from ukpgan_ros.features.normals import estimate_normals_torch as estimate_normals
+from ukpgan_ros.features.shot import SHOT_DIM, _histograms, compute_shot, shot_descriptors
 
 FIXTURE = SHARED / "fixtures" / "shot_pcl_3dmatch_r030.npz"
 

@@ -9,8 +9,8 @@ import open3d as o3d
 import pytest
 from scipy.spatial import cKDTree
 
-from ukpgan_ros.io import DepthFrame, DepthSequence
-from ukpgan_ros.synthetic import KINECT_SIGMA_Z2, ROOM_SIZE, SyntheticSequence, camera_pose
+from ukpgan_ros.datasets import DepthFrame, DepthSequence
+from ukpgan_ros.datasets.synthetic import KINECT_SIGMA_Z2, ROOM_SIZE, SyntheticSequence, camera_pose
 
 
 def small(noise: bool = False, **kw) -> SyntheticSequence:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ukpgan_ros.cloud import estimate_normals, voxel_downsample
+from ukpgan_ros.cloud import voxel_downsample
+from ukpgan_ros.features.normals import estimate_normals
 from ukpgan_ros.config import DEFAULT_MODEL_PATH, PipelineConfig
 from ukpgan_ros.detectors import make_detector
 from ukpgan_ros.detectors.base import Detector

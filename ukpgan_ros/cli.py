@@ -56,23 +56,20 @@ def _load_points(path: str, intrinsics: str | None) -> np.ndarray:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from ukpgan_ros.cloud import make_working_cloud
-    from ukpgan_ros.detectors import make_detector
+    from ukpgan_ros.pipeline import KeypointPipeline
 
-    cfg = _config(args)
+    cfg = _config(args, registration="none")
     pts = _load_points(args.file, args.intrinsics)
     t0 = time.perf_counter()
-    cloud = make_working_cloud(pts, cfg.voxel_size, cfg.min_range, cfg.max_range, cfg.normal_radius,
-                               viewpoint=(0.0, 0.0, 0.0))
-    t1 = time.perf_counter()
-    det = make_detector(cfg)
-    t2 = time.perf_counter()
-    kps = det.detect(cloud.points, cloud.normals, cfg.max_keypoints)
-    t3 = time.perf_counter()
+    pipe = KeypointPipeline(cfg)
+    load = time.perf_counter() - t0
+    timings: dict[str, float] = {}
+    feats = pipe.describe(pts, timings=timings)
+    cloud, kps = feats.cloud, feats.keypoints
     print(f"{args.file}: {len(pts)} points -> {len(cloud)} at {cfg.voxel_size} m voxels -> "
           f"{len(kps)} {cfg.detector} keypoints")
-    print(f"time: preprocess {1e3 * (t1 - t0):.1f} ms, load detector {1e3 * (t2 - t1):.1f} ms, "
-          f"detect {1e3 * (t3 - t2):.1f} ms")
+    print(f"time: preprocess {1e3 * timings['preprocess']:.1f} ms, load detector {1e3 * load:.1f} ms, "
+          f"detect {1e3 * timings['detect']:.1f} ms")
     if args.out:
         from ukpgan_ros.io import write_cloud
         from ukpgan_ros.plots import saliency_colors
@@ -84,14 +81,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
         plot_keypoints(cloud.points, kps, args.png, title=f"{Path(args.file).name}: {len(kps)} {cfg.detector} keypoints")
         print(f"picture written to {args.png}")
-    det.release()
+    pipe.release()
     return 0
 
 
 def cmd_register(args: argparse.Namespace) -> int:
+    from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error
     from ukpgan_ros.io import read_transform
     from ukpgan_ros.pipeline import register_clouds
-    from ukpgan_ros.registration import rotation_error_deg, translation_error
 
     cfg = _config(args)
     src, tgt = _load_points(args.source, args.intrinsics), _load_points(args.target, args.intrinsics)
@@ -100,16 +97,16 @@ def cmd_register(args: argparse.Namespace) -> int:
     total = time.perf_counter() - t0
     np.set_printoptions(precision=6, suppress=True)
     print(f"T_target_from_source ({cfg.detector} keypoints, {cfg.descriptor}, {cfg.voxel_size} m voxels):")
-    print(res.T)
+    print(res.T_tgt_from_src)
     print(f"success {res.success}{' (' + res.message + ')' if res.message else ''}; fitness {res.fitness:.3f}, "
           f"inlier RMSE {100 * res.inlier_rmse:.2f} cm, {res.num_inliers}/{res.num_correspondences} inlier matches")
     print("time: " + ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in res.timings.items()) + f", total {1e3 * total:.0f} ms")
     if args.gt:
         T_gt = read_transform(args.gt)
-        re, te = rotation_error_deg(res.T, T_gt), translation_error(res.T, T_gt)
+        re, te = rotation_error_deg(res.T_tgt_from_src, T_gt), translation_error(res.T_tgt_from_src, T_gt)
         print(f"error vs ground truth: rotation {re:.3f} deg, translation {100 * te:.2f} cm")
     if args.out:
-        np.savetxt(args.out, res.T)
+        np.savetxt(args.out, res.T_tgt_from_src)
     return 0 if res.success else 1
 
 
@@ -152,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, module, help_text in (
         ("train", "ukpgan_ros.model.train", "train the UKPGAN detector (self-supervised)"),
-        ("eval", "ukpgan_ros.evaluation", "evaluate detectors: repeatability, inlier ratio, registration recall"),
+        ("eval", "ukpgan_ros.evaluation.run", "evaluate detectors: repeatability, inlier ratio, registration recall"),
     ):
         try:
             mod = __import__(module, fromlist=["add_arguments"])

@@ -1,4 +1,4 @@
-"""Cloud preprocessing: finite/range crop, voxel downsampling and normals (Open3D).
+"""Cloud preprocessing: finite/range crop, voxel downsampling, the working cloud (points + normals).
 
 Every function takes and returns NumPy float32 arrays so the rest of the core never deals with
 Open3D geometry objects; conversions to Open3D happen here and in ``registration``.
@@ -11,13 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import open3d as o3d
 
-from ukpgan_ros.config import NORMAL_RADIUS_VOXELS
+from ukpgan_ros.features.normals import estimate_normals
 
 __all__ = [
     "as_points",
     "crop_range",
     "voxel_downsample",
-    "estimate_normals",
     "to_legacy",
     "WorkingCloud",
     "make_working_cloud",
@@ -54,34 +53,6 @@ def voxel_downsample(points: np.ndarray, voxel: float) -> np.ndarray:
     return np.asarray(pcd.voxel_down_sample(float(voxel)).points, dtype=np.float32)
 
 
-def estimate_normals(
-    points: np.ndarray,
-    radius: float,
-    max_nn: int = 30,
-    viewpoint: np.ndarray | None = (0.0, 0.0, 0.0),
-) -> np.ndarray:
-    """Unit normals from a hybrid radius/kNN PCA (Open3D), flipped to face ``viewpoint``.
-
-    Depth sensors see surfaces from their origin, so orienting towards it makes normals (and
-    everything built on them: FPFH, SHOT's cosine bins) consistent between frames. Pass
-    ``viewpoint=None`` to leave the PCA's arbitrary sign.
-    """
-    if len(points) == 0:
-        return np.zeros((0, 3), np.float32)
-    pcd = o3d.t.geometry.PointCloud(o3d.core.Tensor(np.ascontiguousarray(points, dtype=np.float32)))
-    pcd.estimate_normals(max_nn=int(max_nn), radius=float(radius))
-    # A copy: a view would keep Open3D memory alive past its allocator at interpreter exit.
-    normals = np.array(pcd.point.normals.numpy(), dtype=np.float32)
-    if viewpoint is not None:
-        to_view = np.asarray(viewpoint, np.float32)[None, :] - points
-        flip = np.einsum("ij,ij->i", normals, to_view) < 0
-        normals[flip] *= -1.0
-    bad = ~np.isfinite(normals).all(axis=1)
-    if bad.any():
-        normals[bad] = (0.0, 0.0, 1.0)
-    return normals
-
-
 def to_legacy(points: np.ndarray, normals: np.ndarray | None = None) -> o3d.geometry.PointCloud:
     """NumPy -> legacy Open3D cloud, for the pipelines that only exist there (RANSAC, ISS)."""
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
@@ -107,13 +78,15 @@ def make_working_cloud(
     voxel_size: float,
     min_range: float = 0.0,
     max_range: float = float("inf"),
-    normal_radius: float | None = None,
+    *,
+    normal_radius: float,
     viewpoint: np.ndarray | None = (0.0, 0.0, 0.0),
 ) -> WorkingCloud:
-    """Validate, range-crop, voxelise and add normals: the one preprocessing path of the pipeline."""
+    """Validate, range-crop, voxelise and add normals (PCA over ``normal_radius``, facing
+    ``viewpoint``): the one preprocessing path of the pipeline."""
     pts = as_points(points)
     raw = len(pts)
     pts = crop_range(pts, min_range, max_range)
     pts = voxel_downsample(pts, voxel_size)
-    normals = estimate_normals(pts, normal_radius or NORMAL_RADIUS_VOXELS * voxel_size, viewpoint=viewpoint)
+    normals = estimate_normals(pts, normal_radius, viewpoint=viewpoint)
     return WorkingCloud(pts, normals, raw)

@@ -12,9 +12,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 __all__ = [
-    "PipelineConfig", "StreamConfig", "ConfigError", "DEFAULT_MODEL_PATH",
+    "PipelineConfig", "StreamConfig", "ConfigError", "DEFAULT_MODEL_PATH", "DETECTORS", "DESCRIPTORS", "DEVICES",
     "NORMAL_RADIUS_VOXELS", "FPFH_RADIUS_VOXELS", "SHOT_RADIUS_VOXELS", "MATCH_DISTANCE_VOXELS", "NMS_RADIUS_VOXELS",
 ]
+
+# The names every front end offers (ROS parameters, CLI flags, evaluation); factories refuse others.
+DETECTORS = ("ukpgan", "iss", "random", "fps")
+DESCRIPTORS = ("fpfh", "shot")
+DEVICES = ("auto", "cpu", "cuda")
 
 DEFAULT_MODEL_PATH = str(Path(__file__).resolve().parent / "weights" / "ukpgan.safetensors")
 
@@ -33,8 +38,11 @@ class ConfigError(ValueError):
     """A parameter value is outside what the pipeline accepts."""
 
 
-def _f(default: Any, help: str, *, choices: tuple | None = None, range: tuple | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices, "range": range})
+def _f(default: Any, help: str, *, choices: tuple | None = None, range: tuple | None = None,
+       live: bool = False) -> Any:
+    """A config field; ``live`` marks parameters a running node applies at once (the others at the
+    next configure)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "range": range, "live": live})
 
 
 class _Fields:
@@ -74,23 +82,28 @@ class _Fields:
     def field_specs(cls) -> list[dataclasses.Field]:
         return list(dataclasses.fields(cls))
 
+    @classmethod
+    def live_fields(cls) -> frozenset[str]:
+        """Names of the fields a running pipeline applies at once."""
+        return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("live"))
+
 
 @dataclass
 class PipelineConfig(_Fields):
     """Everything that shapes detection and registration (metres, seconds)."""
 
-    detector: str = _f("ukpgan", "keypoint detector backend", choices=("ukpgan", "iss", "random", "fps"))
-    device: str = _f("auto", "torch device for the detector and SHOT", choices=("auto", "cpu", "cuda"))
+    detector: str = _f("ukpgan", "keypoint detector backend", choices=DETECTORS)
+    device: str = _f("auto", "torch device for the detector and SHOT", choices=DEVICES)
     voxel_size: float = _f(0.05, "voxel size of the working cloud [m]; radii derive from it", range=(0.005, 1.0))
-    max_keypoints: int = _f(250, "keypoint budget per frame", range=(4, 100000))
+    max_keypoints: int = _f(250, "keypoint budget per frame", range=(4, 100000), live=True)
     nms_radius: float = _f(0.0, "non-maximum suppression radius [m]; 0 means 1.5 x voxel_size (the match distance)",
                            range=(0.0, 10.0))
-    min_range: float = _f(0.1, "drop points closer than this to the sensor [m]", range=(0.0, 100.0))
-    max_range: float = _f(5.0, "drop points farther than this from the sensor [m]", range=(0.01, 1000.0))
-    descriptor: str = _f("fpfh", "descriptor at keypoints for matching", choices=("fpfh", "shot"))
+    min_range: float = _f(0.1, "drop points closer than this to the sensor [m]", range=(0.0, 100.0), live=True)
+    max_range: float = _f(5.0, "drop points farther than this from the sensor [m]", range=(0.01, 1000.0), live=True)
+    descriptor: str = _f("fpfh", "descriptor at keypoints for matching", choices=DESCRIPTORS)
     match_against: str = _f(
         "dense", "match keypoint descriptors against the target's keypoints or all its points",
-        choices=("keypoints", "dense"),
+        choices=("keypoints", "dense"), live=True,
     )
     registration: str = _f(
         "consecutive", "none, consecutive frames (odometry) or against reference_cloud",
@@ -98,15 +111,16 @@ class PipelineConfig(_Fields):
     )
     reference_cloud: str = _f(
         "", "PLY/PCD/NPY cloud to localise against when registration=reference (seen from its frame origin)")
-    ransac_max_iterations: int = _f(100000, "RANSAC iteration cap", range=(100, 10000000))
-    ransac_confidence: float = _f(0.999, "RANSAC stop confidence", range=(0.5, 0.999999))
-    icp_refine: bool = _f(True, "refine RANSAC with point-to-plane ICP on the voxel clouds")
-    min_inliers: int = _f(6, "fewer RANSAC inlier matches than this marks a registration failed", range=(3, 100000))
-    min_fitness: float = _f(0.2, "lower final fitness (overlap fraction) marks a registration failed", range=(0.0, 1.0))
-    publish_tf: bool = _f(True, "broadcast odom_frame -> sensor frame on /tf (needs tf2_ros)")
-    odom_frame: str = _f("odom", "frame of the accumulated pose")
+    ransac_max_iterations: int = _f(100000, "RANSAC iteration cap", range=(100, 10000000), live=True)
+    ransac_confidence: float = _f(0.999, "RANSAC stop confidence", range=(0.5, 0.999999), live=True)
+    icp_refine: bool = _f(True, "refine RANSAC with point-to-plane ICP on the voxel clouds", live=True)
+    min_inliers: int = _f(6, "fewer RANSAC inlier matches than this marks a registration failed", range=(3, 100000), live=True)
+    min_fitness: float = _f(0.2, "lower final fitness (overlap fraction) marks a registration failed", range=(0.0, 1.0),
+                         live=True)
+    publish_tf: bool = _f(True, "broadcast odom_frame -> sensor frame on /tf (needs tf2_ros)", live=True)
+    odom_frame: str = _f("odom", "frame of the accumulated pose", live=True)
     model_path: str = _f("", "UKPGAN weights (.safetensors); empty means the shipped model")
-    seed: int = _f(0, "seed for random sampling and RANSAC", range=(0, 2**31 - 1))
+    seed: int = _f(0, "seed for random sampling and RANSAC", range=(0, 2**31 - 1), live=True)
 
     @property
     def normal_radius(self) -> float:

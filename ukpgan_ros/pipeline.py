@@ -15,9 +15,11 @@ import numpy as np
 from ukpgan_ros.cloud import WorkingCloud, make_working_cloud
 from ukpgan_ros.config import PipelineConfig
 from ukpgan_ros.detectors import Detector, Keypoints, make_detector
-from ukpgan_ros.registration import FrameFeatures, RegistrationResult, compute_descriptors, register_features
+from ukpgan_ros.device import free_cached_memory, resolve_device
+from ukpgan_ros.features import compute_descriptors
+from ukpgan_ros.registration import FrameFeatures, RegistrationResult, register_features
 
-__all__ = ["FrameResult", "KeypointPipeline", "EmptyCloudError"]
+__all__ = ["FrameResult", "KeypointPipeline", "EmptyCloudError", "register_clouds"]
 
 
 class EmptyCloudError(ValueError):
@@ -47,6 +49,11 @@ class KeypointPipeline:
     (odometry); ``reference`` estimates ``T_ref_from_curr`` against a fixed cloud; ``none`` only
     detects. A failed registration leaves the pose where it was and keeps the last good frame as
     the anchor, so one bad frame does not corrupt the trajectory.
+
+    The two steps are public so one-shot tools use exactly the stream's code: :meth:`describe`
+    (points -> working cloud -> keypoints -> descriptors) and :meth:`register` (two described
+    frames -> transform). This class is the one place that reads the configuration and turns it
+    into physical radii and distances for the functions below it.
     """
 
     MIN_POINTS = 16
@@ -55,6 +62,7 @@ class KeypointPipeline:
     def __init__(self, cfg: PipelineConfig, detector: Detector | None = None,
                  reference_points: np.ndarray | None = None) -> None:
         self.cfg = cfg.validate()
+        self.device = str(resolve_device(cfg.device))  # where SHOT descriptors run
         self.detector = detector if detector is not None else make_detector(cfg)
         self.pose = np.eye(4)
         self._anchor: FrameFeatures | None = None
@@ -67,7 +75,7 @@ class KeypointPipeline:
                 reference_points = read_cloud(cfg.reference_cloud)
             # FPFH needs consistent normal signs: like a recorded frame or a 3DMatch fragment, the
             # reference is taken to be seen from the origin of its own frame.
-            self._reference = self._features(reference_points, {}, crop=False, dense_needed=True)
+            self._reference = self.describe(reference_points, crop=False, dense=True)
 
     def reset(self) -> None:
         """Forget the stream (previous frame and pose); keep the model and the reference."""
@@ -76,19 +84,43 @@ class KeypointPipeline:
         self._failures = 0
 
     def release(self) -> None:
+        """Drop the model, the frames and the reference (and the device's cached memory)."""
         self.detector.release()
         self._anchor = None
         self._reference = None
+        free_cached_memory()
 
-    def _features(self, points: np.ndarray, timings: dict[str, float], viewpoint=(0.0, 0.0, 0.0),
-                  crop: bool = True, dense_needed: bool = False) -> FrameFeatures:
+    def free_cached_memory(self) -> None:
+        """Give the device's cached blocks back while idle; the model stays loaded."""
+        free_cached_memory()
+
+    def working_cloud(self, points: np.ndarray, crop: bool = True,
+                      viewpoint=(0.0, 0.0, 0.0)) -> WorkingCloud:
+        """Range-crop (unless ``crop`` is False), voxelise and add normals facing ``viewpoint``."""
         cfg = self.cfg
-        t0 = time.perf_counter()
-        cloud: WorkingCloud = make_working_cloud(
+        return make_working_cloud(
             points, cfg.voxel_size,
             cfg.min_range if crop else 0.0, cfg.max_range if crop else float("inf"),
             normal_radius=cfg.normal_radius, viewpoint=viewpoint,
         )
+
+    def descriptor_radius(self, kind: str | None = None) -> float:
+        """Support radius [m] of descriptor ``kind`` (default: the configured one)."""
+        kind = kind or self.cfg.descriptor
+        return self.cfg.shot_radius if kind == "shot" else self.cfg.fpfh_radius
+
+    def describe(self, points: np.ndarray, *, crop: bool = True, dense: bool = False,
+                 viewpoint=(0.0, 0.0, 0.0), timings: dict[str, float] | None = None) -> FrameFeatures:
+        """One frame ready for matching: working cloud, keypoints and their descriptors.
+
+        ``dense`` also keeps descriptors of every working point (a matching target in
+        ``match_against: dense``). Raises EmptyCloudError when too few points survive.
+        ``timings`` (if given) receives seconds for preprocess, detect and describe.
+        """
+        cfg = self.cfg
+        timings = {} if timings is None else timings
+        t0 = time.perf_counter()
+        cloud = self.working_cloud(points, crop=crop, viewpoint=viewpoint)
         timings["preprocess"] = time.perf_counter() - t0
         if len(cloud) < self.MIN_POINTS:
             raise EmptyCloudError(
@@ -98,34 +130,31 @@ class KeypointPipeline:
         kps = self.detector.detect(cloud.points, cloud.normals, cfg.max_keypoints)
         timings["detect"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        dense = None
+        dense_desc = None
+        radius = self.descriptor_radius()
         if cfg.registration == "none":
             desc = np.zeros((len(kps), 0), np.float32)
-        elif cfg.match_against == "dense" and (dense_needed or cfg.descriptor == "fpfh"):
+        elif cfg.match_against == "dense" and (dense or cfg.descriptor == "fpfh"):
             # FPFH's cost is mostly the per-point histograms it needs anyway: densify for free.
-            dense = compute_descriptors(cfg.descriptor, cloud, None, cfg.voxel_size, self._device())
-            desc = dense[kps.indices]
+            dense_desc = compute_descriptors(cfg.descriptor, cloud.points, cloud.normals, None, radius, self.device)
+            desc = dense_desc[kps.indices]
         else:
-            desc = compute_descriptors(cfg.descriptor, cloud, kps.indices, cfg.voxel_size, self._device())
+            desc = compute_descriptors(cfg.descriptor, cloud.points, cloud.normals, kps.indices, radius, self.device)
         timings["describe"] = time.perf_counter() - t0
-        return FrameFeatures(cloud, kps, desc, dense)
+        return FrameFeatures(cloud, kps, desc, dense_desc)
 
-    def _device(self) -> str:
-        if self.cfg.device != "auto":
-            return self.cfg.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-
-    def _register(self, src: FrameFeatures, tgt: FrameFeatures, timings: dict[str, float]) -> RegistrationResult:
+    def register(self, src: FrameFeatures, tgt: FrameFeatures,
+                 timings: dict[str, float] | None = None) -> RegistrationResult:
+        """``T_tgt_from_src`` of two described frames, graded; stage times go to ``timings``."""
         cfg = self.cfg
         res = register_features(
-            src, tgt, cfg.voxel_size, max_iterations=cfg.ransac_max_iterations,
+            src, tgt, cfg.match_distance, max_iterations=cfg.ransac_max_iterations,
             confidence=cfg.ransac_confidence, icp_refine=cfg.icp_refine,
             min_inliers=cfg.min_inliers, min_fitness=cfg.min_fitness, seed=cfg.seed,
             dense_target=cfg.match_against == "dense",
         )
-        timings.update(res.timings)
+        if timings is not None:
+            timings.update(res.timings)
         return res
 
     def process(self, points: np.ndarray) -> FrameResult:
@@ -133,21 +162,22 @@ class KeypointPipeline:
         the pipeline state is then unchanged."""
         timings: dict[str, float] = {}
         # A consecutive-mode frame becomes the next frame's target: keep its dense descriptors.
-        feats = self._features(points, timings, dense_needed=self.cfg.registration == "consecutive")
+        feats = self.describe(points, dense=self.cfg.registration == "consecutive", timings=timings)
         reg: RegistrationResult | None = None
         mode = self.cfg.registration
         if mode == "reference":
             assert self._reference is not None
-            reg = self._register(feats, self._reference, timings)
+            reg = self.register(feats, self._reference, timings)
             if reg.success:
-                self.pose = reg.T.copy()
+                self.pose = reg.T_tgt_from_src.copy()
         elif mode == "consecutive":
             if self._anchor is None:
                 self._anchor = feats
             else:
-                reg = self._register(feats, self._anchor, timings)
+                reg = self.register(feats, self._anchor, timings)
                 if reg.success:
-                    self.pose = self.pose @ reg.T  # odom_from_curr = odom_from_prev @ T_prev_from_curr
+                    # odom_from_curr = odom_from_prev @ T_prev_from_curr
+                    self.pose = self.pose @ reg.T_tgt_from_src
                     self._anchor, self._failures = feats, 0
                 else:
                     self._failures += 1
@@ -168,9 +198,9 @@ def register_clouds(source: np.ndarray, target: np.ndarray, cfg: PipelineConfig,
     pipe = KeypointPipeline(PipelineConfig.from_mapping({**cfg.to_dict(), "registration": "consecutive"}), detector)
     try:
         timings: dict[str, float] = {}
-        src = pipe._features(source, timings, dense_needed=False)
-        tgt = pipe._features(target, {}, dense_needed=cfg.match_against == "dense")
-        return dataclasses.replace(pipe._register(src, tgt, timings), timings=timings)
+        src = pipe.describe(source, timings=timings)
+        tgt = pipe.describe(target, dense=cfg.match_against == "dense")
+        return dataclasses.replace(pipe.register(src, tgt, timings), timings=timings)
     finally:
         if detector is None:
             pipe.release()

@@ -1,22 +1,17 @@
-"""sensor_msgs PointCloud2 / Image / CameraInfo <-> NumPy without per-point Python loops.
+"""sensor_msgs PointCloud2 / Image / CameraInfo -> NumPy without per-point Python loops.
 
 Parsing works on any object with the message's attributes (a real rclpy message, a rosbags
-message, a test double), so this module imports no ROS package at import time; the builders
-import ``sensor_msgs.msg`` / ``std_msgs.msg`` lazily. Malformed messages raise
-:class:`CloudFormatError` with what is wrong, instead of an IndexError deep inside NumPy.
+message, a test double), so this module imports no ROS package: it reads fields, steps and
+bytes. Building messages is ROS's side: :mod:`ukpgan_ros.ros.cloud_msgs`. Malformed messages
+raise :class:`CloudFormatError` with what is wrong, instead of an IndexError deep inside NumPy.
 
-Speed notes (640x480, see benchmarks/bench_cloud_transport.py): reading is a strided view over
-``msg.data`` and one copy (~2 ms); building fills an ``array.array('B')`` in place and hands it
-to a message created with ``check_fields=True``, whose uint8[] setter then keeps it as is
-(~1-2 ms). Assigning bytes instead costs a copy, or seconds of per-element Python validation
-when ROS_PYTHON_CHECK_FIELDS=1.
+Speed (640x480, see benchmarks/bench_cloud_transport.py): reading is a strided view over
+``msg.data`` and one copy (~2 ms).
 """
 
 from __future__ import annotations
 
-import array
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +23,11 @@ __all__ = [
     "CloudFormatError",
     "pointcloud2_to_xyz",
     "pointcloud2_fields",
-    "xyz_to_pointcloud2",
     "depth_image_to_metres",
     "camera_info_to_K",
     "depth_msgs_to_points",
-    "depth_to_image_msg",
-    "camera_info_msg",
+    "POINTFIELD_FLOAT32",
+    "DEPTH_ENCODINGS",
 ]
 
 # sensor_msgs/PointField datatype constants -> little-endian NumPy type (same numbers as the .msg).
@@ -47,11 +41,11 @@ _POINTFIELD_DTYPES: dict[int, str] = {
     7: "f4",  # FLOAT32
     8: "f8",  # FLOAT64
 }
-_FLOAT32 = 7
+POINTFIELD_FLOAT32 = 7
 _XYZ = ("x", "y", "z")
 
 # Depth encodings -> (NumPy type without byte order, bytes per pixel).
-_DEPTH_ENCODINGS: dict[str, tuple[str, int]] = {"16UC1": ("u2", 2), "mono16": ("u2", 2), "32FC1": ("f4", 4)}
+DEPTH_ENCODINGS: dict[str, tuple[str, int]] = {"16UC1": ("u2", 2), "mono16": ("u2", 2), "32FC1": ("f4", 4)}
 
 
 class CloudFormatError(ValueError):
@@ -197,7 +191,7 @@ def pointcloud2_to_xyz(msg: Any, *, skip_nonfinite: bool = True) -> np.ndarray:
         if datatype not in (7, 8) or count != 1:
             raise CloudFormatError(f"field {n!r} must be a single FLOAT32/FLOAT64, got datatype {datatype} count {count}")
     (ox, tx, _), (oy, ty, _), (oz, tz, _) = (lay.fields[n] for n in _XYZ)
-    if tx == ty == tz == _FLOAT32 and oy == ox + 4 and oz == ox + 8:
+    if tx == ty == tz == POINTFIELD_FLOAT32 and oy == ox + 4 and oz == ox + 8:
         # The usual layout (x, y, z adjacent): one strided (H, W, 3) view, one copy.
         packed = np.ndarray((lay.height, lay.width, 3), dtype=lay.order + "f4", buffer=lay.buf, offset=ox,
                             strides=(lay.row_step, lay.point_step, 4))
@@ -233,112 +227,6 @@ def pointcloud2_fields(msg: Any, names: Sequence[str], *, skip_nonfinite: bool =
 
 
 # --------------------------------------------------------------------------------------------
-# Building
-# --------------------------------------------------------------------------------------------
-
-
-def _zero_bytes(n: int) -> array.array:
-    """A zeroed ``array.array('B')`` of n bytes, to be filled in place through a NumPy view."""
-    return array.array("B", bytes(n))
-
-
-def _new_msg(cls: type) -> Any:
-    """A message whose uint8[] setter keeps an ``array.array('B')`` as is instead of copying it.
-
-    rosidl_generator_py (Jazzy+) setters copy sequences unless ``check_fields`` is on, and with
-    it on they validate anything but an ``array.array`` element by element in Python. Older
-    generators (Humble) have no ``check_fields`` argument and never copy an array.array.
-    """
-    try:
-        return cls(check_fields=True)
-    except (AssertionError, TypeError):
-        return cls()
-
-
-def _header(header: Any, frame_id: str | None, stamp: Any) -> Any:
-    """A std_msgs Header from ``header`` with ``frame_id``/``stamp`` (Time or float seconds) overriding."""
-    from builtin_interfaces.msg import Time
-    from std_msgs.msg import Header
-
-    out = Header()
-    if header is not None:
-        out.frame_id = header.frame_id
-        out.stamp = Time(sec=header.stamp.sec, nanosec=header.stamp.nanosec)
-    if frame_id is not None:
-        out.frame_id = frame_id
-    if stamp is not None:
-        if isinstance(stamp, (int, float, np.floating, np.integer)):
-            sec = math.floor(float(stamp))
-            nanosec = int(round((float(stamp) - sec) * 1e9))
-            if nanosec >= 1_000_000_000:
-                sec, nanosec = sec + 1, nanosec - 1_000_000_000
-            stamp = Time(sec=sec, nanosec=nanosec)
-        out.stamp = stamp
-    return out
-
-
-def xyz_to_pointcloud2(
-    points: np.ndarray,
-    header: Any = None,
-    extra_fields: Mapping[str, np.ndarray] | None = None,
-    frame_id: str | None = None,
-    stamp: Any = None,
-) -> Any:
-    """An unorganized little-endian PointCloud2 with float32 x, y, z and float32 ``extra_fields``.
-
-    ``extra_fields`` maps a name (e.g. ``saliency``) to one value per point. ``frame_id`` and
-    ``stamp`` (a builtin_interfaces Time or float seconds) override ``header``'s. ``is_dense`` is
-    True unless a point has a NaN/inf coordinate.
-    """
-    from sensor_msgs.msg import PointCloud2, PointField
-
-    pts = np.asarray(points)
-    if pts.ndim != 2 or pts.shape[1] != 3:
-        raise CloudFormatError(f"points must be (N, 3), got shape {pts.shape}")
-    if pts.dtype.kind not in "fiu":
-        raise CloudFormatError(f"points must be numeric, got dtype {pts.dtype}")
-    n = pts.shape[0]
-    extras: list[tuple[str, np.ndarray]] = []
-    for name, values in (extra_fields or {}).items():
-        if not isinstance(name, str) or not name or name in _XYZ or name in dict(extras):
-            raise CloudFormatError(f"invalid or duplicate extra field name {name!r}")
-        v = np.asarray(values)
-        if v.dtype.kind not in "fiub" or v.shape not in ((n,), (n, 1)):
-            raise CloudFormatError(f"extra field {name!r} needs one number per point ({n}), got shape {v.shape}")
-        extras.append((name, v.reshape(n)))
-
-    is_dense = bool(np.isfinite(pts).all()) if pts.dtype.kind == "f" else True
-    columns = 3 + len(extras)
-    point_step = 4 * columns
-    data = _zero_bytes(n * point_step)
-    if n:
-        table = np.frombuffer(data, dtype="<f4").reshape(n, columns)  # writable view into data
-        if columns == 3:
-            table[:] = pts  # contiguous: a plain copy
-        else:
-            for i in range(3):  # column by column is ~1.5x faster than table[:, :3] = pts
-                table[:, i] = pts[:, i]
-        for i, (_, v) in enumerate(extras):
-            table[:, 3 + i] = v
-        del table  # release the buffer export before rclpy takes the array
-
-    msg = _new_msg(PointCloud2)
-    msg.header = _header(header, frame_id, stamp)
-    msg.height = 1
-    msg.width = n
-    msg.fields = [
-        PointField(name=name, offset=4 * i, datatype=_FLOAT32, count=1)
-        for i, name in enumerate(list(_XYZ) + [name for name, _ in extras])
-    ]
-    msg.is_bigendian = False
-    msg.point_step = point_step
-    msg.row_step = point_step * n
-    msg.data = data
-    msg.is_dense = is_dense
-    return msg
-
-
-# --------------------------------------------------------------------------------------------
 # Depth images and camera info
 # --------------------------------------------------------------------------------------------
 
@@ -350,9 +238,9 @@ def depth_image_to_metres(msg: Any, depth_scale: float = 1000.0) -> np.ndarray:
     pixels (0, 65535, NaN, inf, <= 0) become 0, as :func:`ukpgan_ros.depth.depth_to_metres`.
     """
     encoding = getattr(msg, "encoding", None)
-    if encoding not in _DEPTH_ENCODINGS:
+    if encoding not in DEPTH_ENCODINGS:
         raise CloudFormatError(f"unsupported depth encoding {encoding!r} (expected 16UC1, mono16 or 32FC1)")
-    kind, bpp = _DEPTH_ENCODINGS[encoding]
+    kind, bpp = DEPTH_ENCODINGS[encoding]
     height, width, step = _as_int(msg, "height"), _as_int(msg, "width"), _as_int(msg, "step")
     if height * width == 0:
         return np.zeros((height, width), dtype=np.float32)
@@ -397,62 +285,3 @@ def depth_msgs_to_points(
     if iw and ih and not binned and not has_roi and (iw, ih) != (depth.shape[1], depth.shape[0]):
         raise CloudFormatError(f"CameraInfo is {iw}x{ih} but the depth image is {depth.shape[1]}x{depth.shape[0]}")
     return depth_to_points(depth, K, stride=stride, min_depth=min_depth, max_depth=max_depth)
-
-
-def depth_to_image_msg(depth_m: np.ndarray, header: Any = None, encoding: str = "16UC1", depth_scale: float = 1000.0) -> Any:
-    """A depth Image from (H, W) metres: ``16UC1``/``mono16`` as rounded 1/depth_scale m, ``32FC1`` as m.
-
-    Invalid depths (NaN, inf, <= 0) are written as the encoding's invalid value (0, or NaN for
-    32FC1); depths that do not fit in uint16 become 0 too rather than silently saturating.
-    """
-    from sensor_msgs.msg import Image
-
-    if encoding not in _DEPTH_ENCODINGS:
-        raise CloudFormatError(f"unsupported depth encoding {encoding!r} (expected 16UC1, mono16 or 32FC1)")
-    d = np.asarray(depth_m)
-    if d.ndim != 2 or d.dtype.kind not in "fiu":
-        raise CloudFormatError(f"depth must be a 2-D numeric array, got shape {d.shape} dtype {d.dtype}")
-    d = d.astype(np.float64, copy=False)
-    valid = np.isfinite(d) & (d > 0)
-    kind, bpp = _DEPTH_ENCODINGS[encoding]
-    height, width = d.shape
-    data = _zero_bytes(height * width * bpp)
-    if d.size:
-        out = np.frombuffer(data, dtype="<" + kind).reshape(height, width)
-        if kind == "u2":
-            raw = np.rint(np.where(valid, d, 0.0) * depth_scale)
-            raw[~valid | (raw >= 65535) | (raw < 1)] = 0
-            out[:] = raw
-        else:
-            out[:] = np.where(valid, d, np.nan)
-        del out
-    msg = _new_msg(Image)
-    msg.header = _header(header, None, None)
-    msg.height, msg.width = height, width
-    msg.encoding = encoding
-    msg.is_bigendian = 0
-    msg.step = width * bpp
-    msg.data = data
-    return msg
-
-
-def camera_info_msg(K: np.ndarray, width: int, height: int, header: Any = None) -> Any:
-    """A plumb_bob CameraInfo with zero distortion, identity R and P = [K | 0] (a rectified pinhole)."""
-    from sensor_msgs.msg import CameraInfo
-
-    K = np.asarray(K, dtype=np.float64)
-    if K.shape != (3, 3) or not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise CloudFormatError(f"invalid intrinsics K: {K.tolist()}")
-    if int(width) <= 0 or int(height) <= 0:
-        raise CloudFormatError(f"image size must be positive, got {width}x{height}")
-    msg = CameraInfo()
-    msg.header = _header(header, None, None)
-    msg.width, msg.height = int(width), int(height)
-    msg.distortion_model = "plumb_bob"
-    msg.d = [0.0] * 5
-    msg.k = K.reshape(-1)
-    msg.r = np.eye(3).reshape(-1)
-    P = np.zeros((3, 4))
-    P[:, :3] = K
-    msg.p = P.reshape(-1)
-    return msg

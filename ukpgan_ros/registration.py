@@ -1,7 +1,8 @@
-"""Descriptors at keypoints, mutual matching, RANSAC and ICP: one frame pair -> a rigid transform.
+"""Mutual matching, RANSAC and ICP: one described frame pair -> a graded rigid transform.
 
-Conventions: ``T`` maps source points into the target frame, ``p_tgt = T @ p_src`` (name it
-``T_tgt_from_src`` at call sites). Radii derive from the voxel size as in Open3D's examples.
+Conventions: transforms are named by their frames, ``T_tgt_from_src`` maps source points into
+the target frame (``p_tgt = T_tgt_from_src @ p_src``), as small_gicp's ``T_target_source``.
+Functions take physical distances; the pipeline derives them from the configuration.
 """
 
 from __future__ import annotations
@@ -13,20 +14,17 @@ import numpy as np
 import open3d as o3d
 
 from ukpgan_ros.cloud import WorkingCloud, to_legacy
-from ukpgan_ros.config import FPFH_RADIUS_VOXELS, MATCH_DISTANCE_VOXELS, SHOT_RADIUS_VOXELS
 from ukpgan_ros.detectors.base import Keypoints
 
 __all__ = [
     "FrameFeatures",
     "RegistrationResult",
-    "compute_fpfh",
-    "compute_descriptors",
     "mutual_matches",
     "ransac_from_correspondences",
     "refine_icp",
     "register_features",
-    "rotation_error_deg",
-    "translation_error",
+    "count_inliers",
+    "evaluate_overlap",
 ]
 
 _reg = o3d.pipelines.registration
@@ -67,7 +65,7 @@ class FrameFeatures:
 class RegistrationResult:
     """A rigid estimate with the figures a robot needs to decide whether to trust it."""
 
-    T: np.ndarray  # (4, 4) float64, p_tgt = T @ p_src
+    T_tgt_from_src: np.ndarray  # (4, 4) float64, p_tgt = T_tgt_from_src @ p_src
     fitness: float  # fraction of source points with a target point within the match distance
     inlier_rmse: float  # RMS distance of those pairs [m]
     num_correspondences: int  # mutual descriptor matches fed to RANSAC
@@ -75,33 +73,6 @@ class RegistrationResult:
     success: bool
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     message: str = ""
-
-
-def compute_fpfh(points: np.ndarray, normals: np.ndarray, indices: np.ndarray | None, radius: float,
-                 max_nn: int = 100) -> np.ndarray:
-    """FPFH (Rusu 2009, Open3D) at ``indices`` (all points if None), using every point as support."""
-    pcd = o3d.t.geometry.PointCloud(o3d.core.Tensor(np.ascontiguousarray(points, np.float32)))
-    pcd.point.normals = o3d.core.Tensor(np.ascontiguousarray(normals, np.float32))
-    idx = None if indices is None else o3d.core.Tensor(np.ascontiguousarray(indices, np.int64))
-    if idx is not None and len(indices) == 0:
-        return np.zeros((0, 33), np.float32)
-    feat = o3d.t.pipelines.registration.compute_fpfh_feature(pcd, max_nn=max_nn, radius=float(radius), indices=idx)
-    return np.array(feat.numpy(), dtype=np.float32)  # a copy, not a view into Open3D memory
-
-
-def compute_descriptors(kind: str, cloud: WorkingCloud, indices: np.ndarray | None, voxel_size: float,
-                        device: str = "cpu") -> np.ndarray:
-    """Descriptors of ``kind`` (fpfh: radius 5 x voxel; shot: radius 6 x voxel) at ``indices``
-    of the working cloud (every point if None)."""
-    if kind == "fpfh":
-        return compute_fpfh(cloud.points, cloud.normals, indices, FPFH_RADIUS_VOXELS * voxel_size)
-    if kind == "shot":
-        from ukpgan_ros.shot import compute_shot
-
-        desc, _, _ = compute_shot(cloud.points, SHOT_RADIUS_VOXELS * voxel_size, normals=cloud.normals,
-                                  query_idx=indices, device=device)
-        return np.asarray(desc, np.float32)
-    raise ValueError(f"unknown descriptor {kind!r} (fpfh or shot)")
 
 
 def _nearest(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.ndarray:
@@ -195,7 +166,7 @@ def evaluate_overlap(src: WorkingCloud, tgt: WorkingCloud, T: np.ndarray, distan
 def register_features(
     src: FrameFeatures,
     tgt: FrameFeatures,
-    voxel_size: float,
+    distance: float,
     *,
     max_iterations: int = 100000,
     confidence: float = 0.999,
@@ -206,9 +177,9 @@ def register_features(
     dense_target: bool = False,
 ) -> RegistrationResult:
     """Match the source's keypoint descriptors mutually with the target's keypoints (or, with
-    ``dense_target``, with all its points), RANSAC them, optionally refine with ICP, and grade."""
+    ``dense_target``, with all its points), RANSAC them with inlier ``distance`` [m], optionally
+    refine with ICP (same distance), and grade."""
     timings: dict[str, float] = {}
-    distance = MATCH_DISTANCE_VOXELS * voxel_size
     t0 = time.perf_counter()
     src_kp = src.keypoints.xyz
     tgt_kp, tgt_desc = tgt.match_side(dense_target)
@@ -232,14 +203,3 @@ def register_features(
     ok = fitness >= min_fitness
     msg = "" if ok else f"fitness {fitness:.3f} below {min_fitness}"
     return RegistrationResult(T, fitness, rmse, len(corr), inliers, ok, timings, msg)
-
-
-def rotation_error_deg(T_est: np.ndarray, T_gt: np.ndarray) -> float:
-    """Geodesic angle between the rotations of two transforms, in degrees."""
-    R = T_est[:3, :3].T @ T_gt[:3, :3]
-    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0))))
-
-
-def translation_error(T_est: np.ndarray, T_gt: np.ndarray) -> float:
-    """Euclidean distance between the translations of two transforms [m]."""
-    return float(np.linalg.norm(T_est[:3, 3] - T_gt[:3, 3]))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from ukpgan_ros.config import PipelineConfig
+from ukpgan_ros.config import DETECTORS, PipelineConfig
 from ukpgan_ros.detectors.base import Detector, Keypoints
 
-__all__ = ["Detector", "Keypoints", "make_detector", "BACKENDS"]
-
-BACKENDS = ("ukpgan", "iss", "random", "fps")
+__all__ = ["Detector", "Keypoints", "make_detector"]
 
 
 def make_detector(cfg: PipelineConfig) -> Detector:
@@ -27,4 +25,4 @@ def make_detector(cfg: PipelineConfig) -> Detector:
         return RandomDetector(seed=cfg.seed)
     if cfg.detector == "fps":
         return FpsDetector()
-    raise ValueError(f"unknown detector {cfg.detector!r}; choose one of {', '.join(BACKENDS)}")
+    raise ValueError(f"unknown detector {cfg.detector!r}; choose one of {', '.join(DETECTORS)}")

@@ -13,9 +13,12 @@ import numpy as np
 import torch
 
 from ukpgan_ros.detectors.base import Keypoints
-from ukpgan_ros.model.checkpoint import load_encoder, resolve_device
-from ukpgan_ros.model.features import FeatureSpec, local_features
-from ukpgan_ros.nms import radius_nms
+from ukpgan_ros.detectors.nms import radius_nms
+from ukpgan_ros.device import free_cached_memory, resolve_device
+from ukpgan_ros.features import compute_descriptors
+from ukpgan_ros.features.normals import estimate_normals
+from ukpgan_ros.model.checkpoint import load_encoder
+from ukpgan_ros.model.features import FeatureSpec
 
 __all__ = ["UkpganDetector"]
 
@@ -63,14 +66,12 @@ class UkpganDetector:
         if len(pts) == 0:
             return np.zeros(0, np.float32)
         if normals is None:
-            from ukpgan_ros.cloud import estimate_normals
-
             normals = estimate_normals(pts, self.feature.normal_radius_voxels * self.voxel_size)
         out = np.empty(len(pts), np.float32)
         dev = str(self.device)
         for s in range(0, len(pts), self.block):
             idx = np.arange(s, min(s + self.block, len(pts)))
-            feats = local_features(pts, normals, self.feature_radius, idx, device=dev)
+            feats = compute_descriptors(self.feature.kind, pts, normals, idx, self.feature_radius, dev)
             out[idx] = self.encoder.probabilities(torch.from_numpy(feats).to(self.device)).cpu().numpy()
         return out
 
@@ -83,7 +84,6 @@ class UkpganDetector:
 
     def release(self) -> None:
         """Drop the model; frees its GPU memory (and torch's cached blocks) when it was on CUDA."""
-        on_cuda = self.device.type == "cuda"
         self.encoder = None
-        if on_cuda and torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if self.device.type == "cuda":
+            free_cached_memory()

@@ -16,23 +16,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from ukpgan_ros.device import resolve_device
 from ukpgan_ros.model.networks import Encoder, ModelConfig
 
-__all__ = ["FORMAT", "export_encoder", "load_encoder", "read_metadata", "metadata_path", "resolve_device"]
+__all__ = ["FORMAT", "export_encoder", "load_encoder", "read_metadata", "metadata_path"]
 
 FORMAT = "ukpgan-encoder/1"
 _HEADER_KEY = "ukpgan"
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; anything else as torch understands it."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
 
 
 def metadata_path(weights: str | Path) -> Path:

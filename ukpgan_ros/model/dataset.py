@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from ukpgan_ros.cloud import estimate_normals, voxel_downsample
-from ukpgan_ros.model.features import FeatureSpec, local_features
+from ukpgan_ros.cloud import voxel_downsample
+from ukpgan_ros.features import compute_descriptors
+from ukpgan_ros.features.normals import estimate_normals
+from ukpgan_ros.model.features import FeatureSpec
 from ukpgan_ros.model.shapes import random_rotation, random_shape, sample_surface
 
 __all__ = [
@@ -44,6 +46,11 @@ __all__ = [
 
 FeatureFn = Callable[[np.ndarray, np.ndarray | None, float, np.ndarray], np.ndarray]
 """(points, normals, radius, query_idx) -> (Q, D) float32 features."""
+
+
+def shot_features(points: np.ndarray, normals: np.ndarray, radius: float, query_idx: np.ndarray) -> np.ndarray:
+    """The encoder's features (SHOT on the CPU, zero where a point has no valid frame)."""
+    return compute_descriptors("shot", points, normals, query_idx, radius, "cpu")
 
 _CLOUD_SUFFIXES = (".ply", ".pcd", ".npy")
 
@@ -194,7 +201,7 @@ def _scene_clouds(name: str, count: int | None, opts: DataOptions) -> Iterator[t
     from ukpgan_ros.cloud import make_working_cloud
 
     if name == "synthetic":
-        from ukpgan_ros.synthetic import SyntheticSequence
+        from ukpgan_ros.datasets.synthetic import SyntheticSequence
 
         seq = SyntheticSequence(num_frames=max(count or 1, 1) * 10, seed=opts.seed)
         items = [(f"synthetic#{i}", lambda i=i: seq[i].points(), (0.0, 0.0, 0.0)) for i in range(0, len(seq), 10)]
@@ -206,7 +213,7 @@ def _scene_clouds(name: str, count: int | None, opts: DataOptions) -> Iterator[t
 
             items = [(str(f), lambda f=f: read_cloud(f), None) for f in files]
         else:
-            from ukpgan_ros.io import open_sequence
+            from ukpgan_ros.datasets import open_sequence
 
             seq = open_sequence(str(root))
             items = [(f"{root}#{i}", lambda i=i: seq[i].points(), (0.0, 0.0, 0.0)) for i in range(len(seq))]
@@ -236,7 +243,7 @@ def iter_samples(sources: list[str], opts: DataOptions, features: FeatureFn) -> 
 
 
 def build_dataset(sources: list[str], opts: DataOptions, cache_dir: str | Path | None = None,
-                  features: FeatureFn = local_features, progress: bool = True) -> SampleSet:
+                  features: FeatureFn = shot_features, progress: bool = True) -> SampleSet:
     """Build (or load from ``cache_dir``) the stacked training set for ``sources``."""
     if not sources:
         raise ValueError("no training sources given")

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ukpgan_ros.model.checkpoint import export_encoder, resolve_device
+from ukpgan_ros.device import resolve_device
+from ukpgan_ros.model.checkpoint import export_encoder
 from ukpgan_ros.model.dataset import DataOptions, SampleSet, build_dataset
 from ukpgan_ros.model.features import FeatureSpec
 from ukpgan_ros.model.losses import (

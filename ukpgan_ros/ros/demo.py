@@ -22,7 +22,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import PointCloud2
 
 from ukpgan_ros.config import PipelineConfig
-from ukpgan_ros.registration import rotation_error_deg, translation_error
+from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error
 from ukpgan_ros.ros.detector_node import UkpganDetectorNode
 from ukpgan_ros.ros.messages import pose_stamped_to_matrix, stamp_to_seconds, transform_stamped_to_matrix
 from ukpgan_ros.ros.player_node import DepthPlayerNode
@@ -56,7 +56,7 @@ class _Inbox:
 
 
 def run_demo(args: argparse.Namespace, cfg: PipelineConfig) -> int:
-    from ukpgan_ros.io import open_sequence
+    from ukpgan_ros.datasets import open_sequence
 
     seq = open_sequence(args.data)
     n_total = len(seq) if args.frames <= 0 else min(args.frames, len(seq))

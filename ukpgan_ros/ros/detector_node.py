@@ -12,13 +12,12 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, TransformStamped
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 try:  # Iron and newer
@@ -28,48 +27,14 @@ except ImportError:  # Humble
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
-from ukpgan_ros.config import ConfigError, PipelineConfig, StreamConfig
-from ukpgan_ros.pointcloud2 import CloudFormatError, depth_msgs_to_points, pointcloud2_to_xyz, xyz_to_pointcloud2
+from ukpgan_ros.config import PipelineConfig, StreamConfig
+from ukpgan_ros.pointcloud2 import CloudFormatError, depth_msgs_to_points, pointcloud2_to_xyz
+from ukpgan_ros.ros.cloud_msgs import xyz_to_pointcloud2
+from ukpgan_ros.ros.diagnostics import FrameStats, diagnostic_array
 from ukpgan_ros.ros.messages import keypoint_markers, matrix_to_pose_stamped, matrix_to_transform_stamped
+from ukpgan_ros.ros.parameters import check_update, declare_parameters, live_update, read_configs
 
-__all__ = ["UkpganDetectorNode", "main", "LIVE_PARAMETERS"]
-
-# Parameters applied to a running pipeline; all others take effect at the next configure.
-LIVE_PARAMETERS = frozenset({
-    "max_keypoints", "ransac_max_iterations", "ransac_confidence", "icp_refine", "min_inliers",
-    "min_fitness", "publish_tf", "odom_frame", "seed", "min_range", "max_range", "match_against",
-})
-
-
-@dataclass
-class _Stats:
-    """Counters and last values reported on /diagnostics."""
-
-    received: int = 0
-    processed: int = 0
-    dropped: int = 0  # replaced in the mailbox before the worker took them
-    malformed: int = 0  # unparsable or unusable input (logged, skipped)
-    failed_registrations: int = 0
-    errors: int = 0  # unexpected exceptions in processing (logged with traceback)
-    last: dict[str, float] = field(default_factory=dict)
-    last_message: str = ""
-    started: float = field(default_factory=time.monotonic)
-
-
-def _descriptor(f) -> ParameterDescriptor:
-    meta = f.metadata
-    text = meta.get("help", "")
-    if meta.get("choices"):
-        text += f" (one of: {', '.join(meta['choices'])})"
-    d = ParameterDescriptor(description=text)
-    rng = meta.get("range")
-    if rng is not None and isinstance(f.default, float):
-        d.floating_point_range = [FloatingPointRange(from_value=float(rng[0]), to_value=float(rng[1]), step=0.0)]
-    elif rng is not None and isinstance(f.default, int) and not isinstance(f.default, bool):
-        d.integer_range = [IntegerRange(from_value=int(rng[0]), to_value=int(rng[1]), step=1)]
-    if meta.get("choices"):
-        d.additional_constraints = "one of: " + ", ".join(meta["choices"])
-    return d
+__all__ = ["UkpganDetectorNode", "main"]
 
 
 class UkpganDetectorNode(LifecycleNode):
@@ -77,11 +42,7 @@ class UkpganDetectorNode(LifecycleNode):
 
     def __init__(self, node_name: str = "ukpgan_detector", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self._specs = {f.name: f for f in PipelineConfig.field_specs() + StreamConfig.field_specs()}
-        for name, f in self._specs.items():
-            self.declare_parameter(name, f.default, _descriptor(f))
-        self.declare_parameter("autostart", False, ParameterDescriptor(
-            description="configure and activate on start (for use without a lifecycle manager)"))
+        self._param_names = declare_parameters(self)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._pipeline = None
         self._cfg: PipelineConfig | None = None
@@ -98,44 +59,29 @@ class UkpganDetectorNode(LifecycleNode):
         self._running = False
         self._reliability: ReliabilityPolicy | None = None
         self._incompatible = False
-        self._stats = _Stats()
+        self._stats = FrameStats()
         self._lock = threading.Lock()  # guards _pipeline/_cfg against reconfiguration
 
     # ------------------------------------------------------------------ parameters
-    def _read_configs(self) -> tuple[PipelineConfig, StreamConfig]:
-        values = {n: self.get_parameter(n).value for n in self._specs}
-        pipe = {k: v for k, v in values.items() if k in PipelineConfig.__dataclass_fields__}
-        stream = {k: v for k, v in values.items() if k in StreamConfig.__dataclass_fields__}
-        return PipelineConfig.from_mapping(pipe), StreamConfig.from_mapping(stream)
-
     def _on_set_parameters(self, params) -> SetParametersResult:
-        """Reject values the pipeline would refuse, with the reason; apply light ones live."""
-        updates = {p.name: p.value for p in params if p.name in self._specs}
-        if not updates:
-            return SetParametersResult(successful=True)
-        current = {n: self.get_parameter(n).value for n in self._specs}
-        current.update(updates)
-        try:
-            pipe = PipelineConfig.from_mapping({k: v for k, v in current.items() if k in PipelineConfig.__dataclass_fields__})
-            StreamConfig.from_mapping({k: v for k, v in current.items() if k in StreamConfig.__dataclass_fields__})
-        except (ConfigError, TypeError) as e:
-            return SetParametersResult(successful=False, reason=str(e))
+        """Reject values the pipeline would refuse, with the reason; apply live ones at once."""
+        result, wanted = check_update(self, self._param_names, params)
+        if not result.successful or wanted is None:
+            return result
         with self._lock:
             if self._pipeline is not None:
-                live = {k: getattr(pipe, k) for k in updates if k in LIVE_PARAMETERS}
-                if live:
-                    self._cfg = PipelineConfig.from_mapping({**self._pipeline.cfg.to_dict(), **live})
-                    self._pipeline.cfg = self._cfg
-                rest = sorted(set(updates) - LIVE_PARAMETERS)
-                if rest:
-                    self.get_logger().info(f"{', '.join(rest)} take effect at the next configure")
-        return SetParametersResult(successful=True)
+                self._cfg, later = live_update(self._pipeline.cfg, wanted,
+                                              {p.name for p in params if p.name in self._param_names})
+                self._pipeline.cfg = self._cfg
+                if later:
+                    self.get_logger().info(f"{', '.join(later)} take effect at the next configure")
+        return result
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         # rclpy swallows exceptions raised here: turn every failure into FAILURE with a clear log.
         try:
-            cfg, stream = self._read_configs()
+            cfg, stream = read_configs(self, self._param_names)
             from ukpgan_ros.pipeline import KeypointPipeline
 
             pipeline = KeypointPipeline(cfg)
@@ -160,7 +106,7 @@ class UkpganDetectorNode(LifecycleNode):
             except ImportError:
                 self.get_logger().warning("tf2_ros is not importable: TF broadcasting is off "
                                           "(~/pose and ~/transform are still published)")
-        self._stats = _Stats()
+        self._stats = FrameStats()
         self.get_logger().info(
             f"configured: detector={cfg.detector} descriptor={cfg.descriptor} voxel={cfg.voxel_size} m "
             f"registration={cfg.registration} input={stream.input}")
@@ -180,7 +126,9 @@ class UkpganDetectorNode(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_streaming()
         ret = super().on_deactivate(state)
-        self._free_cuda()
+        with self._lock:
+            if self._pipeline is not None:
+                self._pipeline.free_cached_memory()
         self.get_logger().info("inactive")
         return ret
 
@@ -229,15 +177,6 @@ class UkpganDetectorNode(LifecycleNode):
                 self._pipeline.release()
             self._pipeline = None
         self._camera_info = None
-        self._free_cuda()
-
-    @staticmethod
-    def _free_cuda() -> None:
-        import sys
-
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ subscriptions
     def _choose_reliability(self, topic: str) -> ReliabilityPolicy:
@@ -369,7 +308,7 @@ class UkpganDetectorNode(LifecycleNode):
         if reg is None or not reg.success:
             return
         sensor = header.frame_id
-        tf_msg = matrix_to_transform_stamped(reg.T, header, sensor)
+        tf_msg = matrix_to_transform_stamped(reg.T_tgt_from_src, header, sensor)
         if cfg.registration == "reference":
             tf_msg.header.frame_id = cfg.odom_frame
         self._pubs["transform"].publish(tf_msg)
@@ -390,36 +329,15 @@ class UkpganDetectorNode(LifecycleNode):
                 self.destroy_subscription(sub)
             self._stream = StreamConfig(**{**self._stream.to_dict(), "qos_reliability": "best_effort"})
             self._create_subscriptions()
-        st = self._stats
-        status = DiagnosticStatus(name=f"{self.get_name()}: keypoints and registration",
-                                  hardware_id=self.get_fully_qualified_name())
-        if st.errors:
-            status.level, status.message = DiagnosticStatus.ERROR, st.last_message or "processing errors"
-        elif st.last_message:
-            status.level, status.message = DiagnosticStatus.WARN, st.last_message
-        elif st.processed == 0:
-            status.level, status.message = DiagnosticStatus.WARN, "no frame processed yet"
-        else:
-            status.level, status.message = DiagnosticStatus.OK, "ok"
-        elapsed = max(1e-6, time.monotonic() - st.started)
-        values = {
-            "frames_received": st.received, "frames_processed": st.processed, "frames_dropped": st.dropped,
-            "frames_malformed": st.malformed, "registrations_failed": st.failed_registrations,
-            "errors": st.errors, "rate_hz": st.processed / elapsed,
-            "reliability": self._reliability.name.lower() if self._reliability is not None else "",
-        }
-        values.update(st.last)
-        status.values = [KeyValue(key=k, value=f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in values.items()]
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
+        reliability = self._reliability.name.lower() if self._reliability is not None else ""
+        msg = diagnostic_array(self._stats, f"{self.get_name()}: keypoints and registration",
+                               self.get_fully_qualified_name(), reliability, self.get_clock().now().to_msg())
         if self._diag_pub is not None:
             self._diag_pub.publish(msg)
 
     def diagnostics_snapshot(self) -> dict[str, Any]:
         """The counters, for tests and the demo summary."""
-        st = self._stats
-        return {"received": st.received, "processed": st.processed, "dropped": st.dropped,
-                "malformed": st.malformed, "failed": st.failed_registrations, "errors": st.errors, **st.last}
+        return self._stats.snapshot()
 
 
 def _autostart(node: UkpganDetectorNode) -> None:

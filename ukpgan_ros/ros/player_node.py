@@ -18,7 +18,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
-from ukpgan_ros.pointcloud2 import camera_info_msg, depth_to_image_msg, xyz_to_pointcloud2
+from ukpgan_ros.ros.cloud_msgs import camera_info_msg, depth_to_image_msg, xyz_to_pointcloud2
 from ukpgan_ros.ros.messages import matrix_to_pose_stamped
 
 __all__ = ["DepthPlayerNode", "main"]
@@ -49,7 +49,7 @@ class DepthPlayerNode(Node):
         self.frame_id, self.odom_frame = g("frame_id"), g("odom_frame")
         self.pixel_stride, self.loop = max(1, int(g("pixel_stride"))), bool(g("loop"))
         if sequence is None:
-            from ukpgan_ros.io import open_sequence
+            from ukpgan_ros.datasets import open_sequence
 
             sequence = open_sequence(g("source"))
         self.sequence = sequence

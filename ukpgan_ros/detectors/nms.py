@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["radius_nms", "radius_nms_reference"]
+__all__ = ["radius_nms", "check_nms_input", "nms_candidates"]
 
 
-def _check(points: np.ndarray, scores: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+def check_nms_input(points: np.ndarray, scores: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
     pts = np.asarray(points)
     sc = np.asarray(scores)
     if pts.ndim != 2 or pts.shape[1] != 3:
@@ -28,7 +28,7 @@ def _check(points: np.ndarray, scores: np.ndarray, radius: float) -> tuple[np.nd
     return pts.astype(np.float64, copy=False), sc.astype(np.float64, copy=False)
 
 
-def _candidates(scores: np.ndarray, min_score: float | None) -> np.ndarray:
+def nms_candidates(scores: np.ndarray, min_score: float | None) -> np.ndarray:
     """Indices allowed to become keypoints, best first (ties: lower index first)."""
     order = np.argsort(-scores, kind="stable")
     if min_score is not None:
@@ -49,10 +49,10 @@ def radius_nms(
     are returned: the best of the greedy set, which equals stopping greedy after that many.
     Ties in score are broken towards the lower index, as the sequential reference does.
     """
-    pts, sc = _check(points, scores, radius)
+    pts, sc = check_nms_input(points, scores, radius)
     if max_keypoints is not None and max_keypoints < 0:
         raise ValueError(f"max_keypoints must be >= 0, got {max_keypoints}")
-    cand = _candidates(sc, min_score)
+    cand = nms_candidates(sc, min_score)
     n = len(cand)
     if n == 0 or max_keypoints == 0:
         return np.zeros(0, np.int64)
@@ -78,21 +78,3 @@ def radius_nms(
     if max_keypoints is not None:
         keep_ranks = keep_ranks[:max_keypoints]
     return cand[keep_ranks].astype(np.int64)
-
-
-def radius_nms_reference(
-    points: np.ndarray,
-    scores: np.ndarray,
-    radius: float,
-    max_keypoints: int | None = None,
-    min_score: float | None = None,
-) -> np.ndarray:
-    """The slow, obvious greedy loop that ``radius_nms`` must equal (kept for tests)."""
-    pts, sc = _check(points, scores, radius)
-    kept: list[int] = []
-    for i in _candidates(sc, min_score):
-        if max_keypoints is not None and len(kept) >= max_keypoints:
-            break
-        if all(np.linalg.norm(pts[i] - pts[j]) > radius for j in kept):
-            kept.append(int(i))
-    return np.asarray(kept, np.int64)

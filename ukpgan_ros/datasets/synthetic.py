@@ -21,7 +21,7 @@ import math
 import numpy as np
 import open3d as o3d
 
-from .io import DepthFrame
+from ukpgan_ros.datasets.base import DepthFrame
 
 __all__ = ["SyntheticSequence", "build_room", "camera_pose", "kinect_noise", "ROOM_SIZE", "KINECT_SIGMA_Z2"]
 
