@@ -20,6 +20,7 @@ __all__ = [
     "to_legacy",
     "WorkingCloud",
     "make_working_cloud",
+    "voxel_for_budget",
 ]
 
 
@@ -90,3 +91,36 @@ def make_working_cloud(
     pts = voxel_downsample(pts, voxel_size)
     normals = estimate_normals(pts, normal_radius, viewpoint=viewpoint)
     return WorkingCloud(pts, normals, raw)
+
+
+def voxel_for_budget(points: np.ndarray, budget: int, start: float, lo: float, hi: float,
+                     tolerance: float = 0.15, max_rounds: int = 6) -> float:
+    """A voxel size in [lo, hi] that leaves about ``budget`` points of ``points`` (within
+    ``tolerance``), searched from ``start``.
+
+    Depth clouds are surfaces, so the count falls about as 1 / voxel^2: each round rescales the
+    voxel by sqrt(count / budget), then bisects in log space once the answer is bracketed.
+    The result is rounded to 0.1 mm so that equal scenes give equal voxels.
+    """
+    if budget < 1:
+        raise ValueError(f"budget must be >= 1, got {budget}")
+    if not 0 < lo <= hi:
+        raise ValueError(f"need 0 < lo <= hi, got {lo}, {hi}")
+    v = float(min(max(start, lo), hi))
+    below: float | None = None  # largest voxel seen to leave too many points
+    above: float | None = None  # smallest voxel seen to leave too few
+    for _ in range(max_rounds):
+        n = len(voxel_downsample(points, v))
+        if abs(n - budget) <= tolerance * budget:
+            break
+        if n > budget:
+            below = v if below is None else max(below, v)
+        else:
+            above = v if above is None else min(above, v)
+        nxt = min(max(v * float(np.sqrt(max(n, 1) / budget)), lo), hi)
+        if below is not None and above is not None and not below < nxt < above:
+            nxt = float(np.sqrt(below * above))  # bracketed: bisect in log space
+        if abs(nxt - v) <= 1e-4 * v:
+            break
+        v = nxt
+    return min(max(round(v, 4), lo), hi)

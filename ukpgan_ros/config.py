@@ -95,6 +95,10 @@ class PipelineConfig(_Fields):
     detector: str = _f("ukpgan", "keypoint detector backend", choices=DETECTORS)
     device: str = _f("auto", "torch device for the detector and SHOT", choices=DEVICES)
     voxel_size: float = _f(0.05, "voxel size of the working cloud [m]; radii derive from it", range=(0.005, 1.0))
+    working_points: int = _f(
+        0, "auto voxel: 0 keeps voxel_size; N > 0 picks the voxel on the first frame of a stream (and after a "
+           "reset) so that the working cloud holds about N points; radii follow the chosen voxel",
+        range=(0, 1000000))
     max_keypoints: int = _f(250, "keypoint budget per frame", range=(4, 100000), live=True)
     nms_radius: float = _f(0.0, "non-maximum suppression radius [m]; 0 means 1.5 x voxel_size (the match distance)",
                            range=(0.0, 10.0))

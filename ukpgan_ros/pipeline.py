@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ukpgan_ros.cloud import WorkingCloud, make_working_cloud
+from ukpgan_ros.cloud import WorkingCloud, as_points, crop_range, make_working_cloud, voxel_for_budget
 from ukpgan_ros.config import PipelineConfig
 from ukpgan_ros.detectors import Detector, Keypoints, make_detector
 from ukpgan_ros.device import free_cached_memory, resolve_device
@@ -36,6 +36,7 @@ class FrameResult:
     registration: RegistrationResult | None
     pose: np.ndarray  # (4, 4) odom_from_sensor (reference_from_sensor in reference mode)
     timings: dict[str, float] = field(default_factory=dict)
+    voxel_size: float = 0.0  # of the working cloud [m] (the chosen one with working_points > 0)
 
     @property
     def total_time(self) -> float:
@@ -63,7 +64,9 @@ class KeypointPipeline:
                  reference_points: np.ndarray | None = None) -> None:
         self.cfg = cfg.validate()
         self.device = str(resolve_device(cfg.device))  # where SHOT descriptors run
+        self._owns_detector = detector is None
         self.detector = detector if detector is not None else make_detector(cfg)
+        self._voxel_chosen = cfg.working_points == 0
         self.pose = np.eye(4)
         self._anchor: FrameFeatures | None = None
         self._failures = 0
@@ -73,15 +76,40 @@ class KeypointPipeline:
                 from ukpgan_ros.io import read_cloud
 
                 reference_points = read_cloud(cfg.reference_cloud)
+            self._choose_voxel(reference_points, crop=False)
             # FPFH needs consistent normal signs: like a recorded frame or a 3DMatch fragment, the
             # reference is taken to be seen from the origin of its own frame.
             self._reference = self.describe(reference_points, crop=False, dense=True)
 
     def reset(self) -> None:
-        """Forget the stream (previous frame and pose); keep the model and the reference."""
+        """Forget the stream (previous frame and pose); keep the model and the reference (whose
+        voxel, with working_points > 0, stays the stream's)."""
         self.pose = np.eye(4)
         self._anchor = None
         self._failures = 0
+        self._voxel_chosen = self.cfg.working_points == 0 or self._reference is not None
+
+    def _choose_voxel(self, points: np.ndarray, crop: bool = True) -> None:
+        """With ``working_points`` > 0, pick the voxel for this stream from its first cloud, so
+        close-range and room-sized scenes cost the same; radii and the detector follow it."""
+        if self._voxel_chosen:
+            return
+        cfg = self.cfg
+        pts = as_points(points)
+        if crop:
+            pts = crop_range(pts, cfg.min_range, cfg.max_range)
+        if len(pts) == 0:
+            return  # decided on the next usable frame
+        lo, hi = PipelineConfig.__dataclass_fields__["voxel_size"].metadata["range"]
+        voxel = voxel_for_budget(pts, cfg.working_points, cfg.voxel_size, lo, hi)
+        self._voxel_chosen = True
+        if voxel == cfg.voxel_size:
+            return
+        new = dataclasses.replace(cfg, voxel_size=voxel).validate()
+        if self._owns_detector:
+            old, self.detector = self.detector, make_detector(new)
+            old.release()
+        self.cfg = new
 
     def release(self) -> None:
         """Drop the model, the frames and the reference (and the device's cached memory)."""
@@ -109,6 +137,15 @@ class KeypointPipeline:
         kind = kind or self.cfg.descriptor
         return self.cfg.shot_radius if kind == "shot" else self.cfg.fpfh_radius
 
+    def _shares_features(self, radius: float) -> bool:
+        """Whether the detector computes the configured descriptors anyway (UKPGAN reads SHOT of
+        every point at the descriptor's radius): then they are taken from its pass."""
+        cfg = self.cfg
+        return (cfg.registration != "none" and cfg.descriptor == "shot"
+                and hasattr(self.detector, "detect_with_features")
+                and getattr(getattr(self.detector, "feature", None), "kind", None) == "shot"
+                and abs(getattr(self.detector, "feature_radius", -1.0) - radius) <= 1e-9 * max(radius, 1.0))
+
     def describe(self, points: np.ndarray, *, crop: bool = True, dense: bool = False,
                  viewpoint=(0.0, 0.0, 0.0), timings: dict[str, float] | None = None) -> FrameFeatures:
         """One frame ready for matching: working cloud, keypoints and their descriptors.
@@ -117,9 +154,10 @@ class KeypointPipeline:
         ``match_against: dense``). Raises EmptyCloudError when too few points survive.
         ``timings`` (if given) receives seconds for preprocess, detect and describe.
         """
-        cfg = self.cfg
         timings = {} if timings is None else timings
         t0 = time.perf_counter()
+        self._choose_voxel(points, crop)
+        cfg = self.cfg
         cloud = self.working_cloud(points, crop=crop, viewpoint=viewpoint)
         timings["preprocess"] = time.perf_counter() - t0
         if len(cloud) < self.MIN_POINTS:
@@ -127,13 +165,21 @@ class KeypointPipeline:
                 f"{len(cloud)} points left after range crop [{cfg.min_range}, {cfg.max_range}] m and "
                 f"{cfg.voxel_size} m voxels (of {cloud.raw_count} finite input points)")
         t0 = time.perf_counter()
-        kps = self.detector.detect(cloud.points, cloud.normals, cfg.max_keypoints)
+        radius = self.descriptor_radius()
+        shared = None
+        if self._shares_features(radius):
+            # one SHOT pass feeds the detector and the descriptors: SHOT of every point is free
+            kps, shared = self.detector.detect_with_features(cloud.points, cloud.normals, cfg.max_keypoints)
+        else:
+            kps = self.detector.detect(cloud.points, cloud.normals, cfg.max_keypoints)
         timings["detect"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         dense_desc = None
-        radius = self.descriptor_radius()
         if cfg.registration == "none":
             desc = np.zeros((len(kps), 0), np.float32)
+        elif shared is not None:
+            dense_desc = shared if cfg.match_against == "dense" and dense else None
+            desc = shared[kps.indices]
         elif cfg.match_against == "dense" and (dense or cfg.descriptor == "fpfh"):
             # FPFH's cost is mostly the per-point histograms it needs anyway: densify for free.
             dense_desc = compute_descriptors(cfg.descriptor, cloud.points, cloud.normals, None, radius, self.device)
@@ -184,7 +230,8 @@ class KeypointPipeline:
                     if self._failures >= self.MAX_ANCHOR_FAILURES:
                         # The anchor is stale; restart from here with the pose held.
                         self._anchor, self._failures = feats, 0
-        return FrameResult(feats.keypoints, len(feats.cloud), feats.cloud.raw_count, reg, self.pose.copy(), timings)
+        return FrameResult(feats.keypoints, len(feats.cloud), feats.cloud.raw_count, reg, self.pose.copy(), timings,
+                           self.cfg.voxel_size)
 
 
 def register_clouds(source: np.ndarray, target: np.ndarray, cfg: PipelineConfig,

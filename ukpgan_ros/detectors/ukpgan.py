@@ -56,6 +56,11 @@ class UkpganDetector:
 
     def probabilities(self, points: np.ndarray, normals: np.ndarray | None = None) -> np.ndarray:
         """(N,) float32 keypoint probability of every point of a cloud voxelised at ``voxel_size``."""
+        return self._run(points, normals, keep_features=False)[0]
+
+    def _run(self, points: np.ndarray, normals: np.ndarray | None,
+             keep_features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities, and with ``keep_features`` the (N, D) features they were computed from."""
         if self.encoder is None:
             raise RuntimeError("detector was released")
         pts = np.ascontiguousarray(points, np.float32)
@@ -64,23 +69,32 @@ class UkpganDetector:
         if normals is not None and np.shape(normals) != pts.shape:
             raise ValueError(f"normals must have shape {pts.shape}, got {np.shape(normals)}")
         if len(pts) == 0:
-            return np.zeros(0, np.float32)
+            return np.zeros(0, np.float32), (np.zeros((0, self.feature.dim), np.float32) if keep_features else None)
         if normals is None:
             normals = estimate_normals(pts, self.feature.normal_radius_voxels * self.voxel_size)
         out = np.empty(len(pts), np.float32)
+        kept = np.empty((len(pts), self.feature.dim), np.float32) if keep_features else None
         dev = str(self.device)
         for s in range(0, len(pts), self.block):
             idx = np.arange(s, min(s + self.block, len(pts)))
             feats = compute_descriptors(self.feature.kind, pts, normals, idx, self.feature_radius, dev)
             out[idx] = self.encoder.probabilities(torch.from_numpy(feats).to(self.device)).cpu().numpy()
-        return out
+            if kept is not None:
+                kept[idx] = feats
+        return out, kept
 
     def detect(self, points: np.ndarray, normals: np.ndarray | None, max_keypoints: int) -> Keypoints:
+        return self.detect_with_features(points, normals, max_keypoints, keep_features=False)[0]
+
+    def detect_with_features(self, points: np.ndarray, normals: np.ndarray | None, max_keypoints: int,
+                             keep_features: bool = True) -> tuple[Keypoints, np.ndarray | None]:
+        """Keypoints and the (N, 352) SHOT features of every point (radius ``feature_radius``)
+        that the encoder read: a free dense SHOT description of the cloud for matching."""
         if max_keypoints < 0:
             raise ValueError(f"max_keypoints must be >= 0, got {max_keypoints}")
-        prob = self.probabilities(points, normals)
+        prob, feats = self._run(points, normals, keep_features)
         keep = radius_nms(np.asarray(points, np.float32), prob, self.nms_radius, max_keypoints, self.prob_threshold)
-        return Keypoints.from_indices(np.asarray(points, np.float32), keep, prob[keep])
+        return Keypoints.from_indices(np.asarray(points, np.float32), keep, prob[keep]), feats
 
     def release(self) -> None:
         """Drop the model; frees its GPU memory (and torch's cached blocks) when it was on CUDA."""
