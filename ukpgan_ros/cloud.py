@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import open3d as o3d
 
+from ukpgan_ros._voxel_kernel import crop_voxel_mean
 from ukpgan_ros.features.normals import estimate_normals
 
 __all__ = [
@@ -43,15 +44,15 @@ def crop_range(points: np.ndarray, min_range: float, max_range: float) -> np.nda
 
 
 def voxel_downsample(points: np.ndarray, voxel: float) -> np.ndarray:
-    """Average the points of each occupied voxel; voxel <= 0 is a no-op.
+    """Average the finite points of each occupied voxel; voxel <= 0 keeps them as they are.
 
-    Open3D's legacy voxel grid (anchored at min_bound - voxel/2): 7 ms for a 270 k-point
-    640x480 frame here, against 57 ms for the tensor API and 65 ms for np.unique.
+    The grid is Open3D's (anchored at min_bound - voxel/2, means in double) and so are the
+    results (the tests compare); the compiled kernel takes one pass without sorting and returns
+    voxels in order of first appearance, so the output order is deterministic, unlike Open3D's.
     """
-    if voxel <= 0 or len(points) == 0:
-        return points
-    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
-    return np.asarray(pcd.voxel_down_sample(float(voxel)).points, dtype=np.float32)
+    if len(points) == 0:
+        return np.zeros((0, 3), np.float32)
+    return crop_voxel_mean(points, 0.0, float("inf"), voxel)[0]
 
 
 def to_legacy(points: np.ndarray, normals: np.ndarray | None = None) -> o3d.geometry.PointCloud:
@@ -83,12 +84,15 @@ def make_working_cloud(
     normal_radius: float,
     viewpoint: np.ndarray | None = (0.0, 0.0, 0.0),
 ) -> WorkingCloud:
-    """Validate, range-crop, voxelise and add normals (PCA over ``normal_radius``, facing
-    ``viewpoint``): the one preprocessing path of the pipeline."""
-    pts = as_points(points)
-    raw = len(pts)
-    pts = crop_range(pts, min_range, max_range)
-    pts = voxel_downsample(pts, voxel_size)
+    """Validate, drop non-finite points, range-crop, voxelise (one compiled pass) and add
+    normals (PCA over ``normal_radius``, facing ``viewpoint``): the one preprocessing path of the
+    pipeline."""
+    arr = np.asarray(points)
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(f"points must have shape (N, 3), got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"points must be numeric, got dtype {arr.dtype}")
+    pts, raw = crop_voxel_mean(arr, min_range, max_range, voxel_size)
     normals = estimate_normals(pts, normal_radius, viewpoint=viewpoint)
     return WorkingCloud(pts, normals, raw)
 
