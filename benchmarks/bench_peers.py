@@ -133,7 +133,8 @@ class UkpganRos(StreamMethod):
             self._anchor_pos = self._pos
         reg = r.registration
         return Step(reg.T, bool(reg.success), r.working_points, back,
-                    {"keypoints": len(r.keypoints), "inliers": reg.num_inliers, "fitness": reg.fitness})
+                    {"keypoints": len(r.keypoints), "matches": reg.num_correspondences, "inliers": reg.num_inliers,
+                     "fitness": reg.fitness, "stages_ms": {k: 1e3 * v for k, v in r.timings.items()}})
 
     def close(self):
         self.pipe.release()
