@@ -6,8 +6,10 @@
         [--o3d-icp down|full] [--out out/bench_peers]
 
 Every method runs as a *stream* over the frames start, start+s, start+2s, ... (stride s): frame
-k is registered to frame k-s, the way an odometry node sees them, one method after the other in
-one process, on the same clouds (read once; reading is not timed).
+k is registered to frame k-s, the way an odometry node sees them, all in one process on the same
+clouds (read once; reading is not timed). The streams advance together, frame by frame in a
+rotating order, so load from other processes on a shared machine hits every method alike and
+the ratios stay comparable even when absolute times drift.
 
 - ukpgan / iss: ``KeypointPipeline`` in consecutive mode; the time is ``process()`` (points in ->
   keypoints + transform out). After a failed registration the pipeline keeps its last good frame
@@ -319,34 +321,43 @@ def stream_indices(n_seq: int, start: int, frames: int, stride: int, max_pairs: 
     return [start + k * stride for k in range(pairs + 1)]
 
 
-def run_stream(factory: Callable[[], StreamMethod], name: str, clouds: dict, poses: dict, idx: list[int],
-               voxel: float, stride: int, warmup: bool = True) -> list[PairRecord]:
-    """Run one method over frames ``idx``; time each frame after the first."""
+def run_streams(factories: dict[str, Callable[[], StreamMethod]], clouds: dict, poses: dict, idx: list[int],
+                voxel: float, stride: int, warmup: bool = True) -> list[PairRecord]:
+    """Run every method as its own stream over frames ``idx``, interleaved frame by frame (the
+    order rotating), so that load from other processes hits them alike; time each frame after
+    the first."""
     rot_err, trans_err = _error_functions()
+    names = list(factories)
     if warmup and len(idx) > 1:  # first calls allocate, load models, spin up thread pools
-        m = factory()
-        try:
-            m.first(clouds[idx[0]])
-            m.next(clouds[idx[1]])
-        finally:
-            m.close()
-    m = factory()
+        for name in names:
+            m = factories[name]()
+            try:
+                m.first(clouds[idx[0]])
+                m.next(clouds[idx[1]])
+            finally:
+                m.close()
+    streams: dict[str, StreamMethod] = {}
     out = []
     try:
-        m.first(clouds[idx[0]])
+        for name in names:
+            streams[name] = factories[name]()
+            streams[name].first(clouds[idx[0]])
         for k in range(1, len(idx)):
-            t0 = time.perf_counter()
-            s = m.next(clouds[idx[k]])
-            ms = 1e3 * (time.perf_counter() - t0)
-            i, j = idx[k], idx[k - s.back]
-            T_gt = np.linalg.inv(poses[j]) @ poses[i]
-            re, te = rot_err(s.T, T_gt), trans_err(s.T, T_gt)
-            out.append(PairRecord(
-                name, voxel, stride, i, j, ms, re, te, s.ok, int(s.working),
-                bool(s.ok and re < STRICT[0] and te < STRICT[1]),
-                bool(s.ok and re < LOOSE[0] and te < LOOSE[1]), s.extra))
+            shift = k % len(names)
+            for name in names[shift:] + names[:shift]:
+                t0 = time.perf_counter()
+                s = streams[name].next(clouds[idx[k]])
+                ms = 1e3 * (time.perf_counter() - t0)
+                i, j = idx[k], idx[k - s.back]
+                T_gt = np.linalg.inv(poses[j]) @ poses[i]
+                re, te = rot_err(s.T, T_gt), trans_err(s.T, T_gt)
+                out.append(PairRecord(
+                    name, voxel, stride, i, j, ms, re, te, s.ok, int(s.working),
+                    bool(s.ok and re < STRICT[0] and te < STRICT[1]),
+                    bool(s.ok and re < LOOSE[0] and te < LOOSE[1]), s.extra))
     finally:
-        m.close()
+        for m in streams.values():
+            m.close()
     return out
 
 
@@ -426,14 +437,14 @@ def run_benchmark(seq, *, methods=ALL_METHODS, voxels=(0.05,), strides=(1, 10, 3
                 log(f"stride {stride}: fewer than 2 frames in range, skipped")
                 continue
             motion[stride] = motion_stats(poses, idx)
+            t0 = time.perf_counter()
+            recs = run_streams({m: factories[m] for m in runnable}, clouds, poses, idx, voxel, stride, warmup)
+            records += recs
             for m in runnable:
-                t0 = time.perf_counter()
-                recs = run_stream(factories[m], m, clouds, poses, idx, voxel, stride, warmup)
-                records += recs
-                ok = np.mean([r.success for r in recs])
-                log(f"  voxel {voxel} stride {stride:>3} {m:<10} {len(recs)} pairs, "
-                    f"{np.median([r.ms for r in recs]):7.1f} ms/frame, success {100 * ok:5.1f}% "
-                    f"({time.perf_counter() - t0:.0f} s)")
+                rs = [r for r in recs if r.method == m]
+                log(f"  voxel {voxel} stride {stride:>3} {m:<10} {len(rs)} pairs, "
+                    f"{np.median([r.ms for r in rs]):7.1f} ms/frame, success {100 * np.mean([r.success for r in rs]):5.1f}%")
+            log(f"  ({time.perf_counter() - t0:.0f} s, load average {_loadavg()})")
     return {
         "rows": summarize(records),
         "pairs": [asdict(r) for r in records],
@@ -548,7 +559,7 @@ def main(argv: list[str] | None = None) -> None:
     notes = [
         f"data {args.data}; strides {args.strides}; frames (first, last, pairs) per stride: "
         + "; ".join(f"{s}: {v[0]}..{v[1]} ({v[2]})" for s, v in res["frames"].items()),
-        "time = one frame in -> transform out, after the stream's first frame; the previous frame's "
+        "time = one frame in -> transform out, after the stream's first frame, methods interleaved frame by frame; the previous frame's "
         "cloud/features are reused (nothing recomputed per pair); ratio = method / open3d at the same voxel and stride",
         f"open3d: tutorial recipe, point-to-plane ICP at 0.4 x voxel on the {'voxel' if args.o3d_icp == 'down' else 'full'} clouds",
         "working pts = cloud each method registers (ukpgan/iss/open3d: voxel cloud; small_gicp: its voxel cloud; "
