@@ -56,9 +56,9 @@ def test_rows_are_sane(bench, result, method):
     assert r["success"] == 1.0, r  # consecutive synthetic frames are the easy case
     assert r["re_deg_median"] < 2.0 and r["te_cm_median"] < 5.0, r
     assert 100 < r["working_points"] < 50_000
-    assert r["ratio_to_open3d"] > 0
+    assert r["ratio_to_open3d"] > 0 and r["ratio_to_open3d_paired"] > 0
     if method == "open3d":
-        assert r["ratio_to_open3d"] == pytest.approx(1.0)
+        assert r["ratio_to_open3d"] == pytest.approx(1.0) and r["ratio_to_open3d_paired"] == pytest.approx(1.0)
 
 
 def test_pairs_follow_the_stream(result):
@@ -82,6 +82,6 @@ def test_stream_indices(bench):
 
 def test_table_and_plot(bench, result, tmp_path):
     table = bench.markdown_table(result["rows"])
-    assert table.count("\n") == len(result["rows"]) + 1 and "| open3d | 0.05 | 1 | 2 |" in table
+    assert table.count("\n") == len(result["rows"]) + 1 and "| open3d | 0.05 | 1 | 2 |" in table and "| 1.00 | 1.00 |" in table
     png = bench.plot_time_vs_success(result["rows"], tmp_path / "t.png")
     assert png.stat().st_size > 1000
