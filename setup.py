@@ -20,6 +20,7 @@ setup(
     # Python dependencies are pinned in requirements.txt (torch must be the 2.13.0 CPU/CUDA build
     # the machine provides); ROS dependencies are in package.xml.
     install_requires=["setuptools"],
+    extras_require={"bench": ["small_gicp==1.0.1", "kiss-icp==1.3.0"]},
     zip_safe=False,
     maintainer="ukpgan_ros developers",
     maintainer_email="dev@ukpgan-ros.invalid",
