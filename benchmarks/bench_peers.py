@@ -60,18 +60,14 @@ KINECT_MAX_RANGE = 5.0  # m, as PipelineConfig.max_range
 
 
 def _open_sequence(spec, **kwargs):
-    try:
-        from ukpgan_ros.datasets import open_sequence
-    except ImportError:
-        from ukpgan_ros.io import open_sequence
+    from ukpgan_ros.datasets import open_sequence
+
     return open_sequence(spec, **kwargs)
 
 
 def _error_functions():
-    try:
-        from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error
-    except ImportError:
-        from ukpgan_ros.registration import rotation_error_deg, translation_error
+    from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error
+
     return rotation_error_deg, translation_error
 
 
