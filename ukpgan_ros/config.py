@@ -104,7 +104,8 @@ class PipelineConfig(_Fields):
                            range=(0.0, 10.0))
     min_range: float = _f(0.1, "drop points closer than this to the sensor [m]", range=(0.0, 100.0), live=True)
     max_range: float = _f(5.0, "drop points farther than this from the sensor [m]", range=(0.01, 1000.0), live=True)
-    descriptor: str = _f("fpfh", "descriptor at keypoints for matching", choices=DESCRIPTORS)
+    descriptor: str = _f("shot", "descriptor at keypoints for matching (shot: free from the UKPGAN pass)",
+                         choices=DESCRIPTORS)
     match_against: str = _f(
         "dense", "match keypoint descriptors against the target's keypoints or all its points",
         choices=("keypoints", "dense"), live=True,
