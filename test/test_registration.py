@@ -11,6 +11,7 @@ from ukpgan_ros.pipeline import EmptyCloudError, KeypointPipeline, register_clou
 from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error
 from ukpgan_ros.features.fpfh import compute_fpfh
 from ukpgan_ros.registration import count_inliers, mutual_matches, ransac_from_correspondences
+from ukpgan_ros.tracking import TrackState
 
 
 def test_mutual_matches_equal_a_slow_loop():
@@ -93,7 +94,7 @@ def test_bunny_scans_with_pcl_ground_truth():
 
 
 def test_consecutive_odometry_on_7scenes(seven_scenes):
-    pipe = KeypointPipeline(PipelineConfig(detector="iss"))
+    pipe = KeypointPipeline(PipelineConfig(detector="iss", registration="consecutive"))
     errs = []
     prev = None
     for i in range(100, 160, 10):
@@ -127,11 +128,12 @@ def test_failed_registration_keeps_pose_and_anchor():
     from ukpgan_ros.datasets.synthetic import SyntheticSequence
 
     seq = SyntheticSequence(num_frames=8, width=320, height=240, fx=262.5, seed=1)
-    pipe = KeypointPipeline(PipelineConfig(detector="fps", max_keypoints=128, min_fitness=0.5))
+    pipe = KeypointPipeline(PipelineConfig(detector="fps", max_keypoints=128, min_fitness=0.5,
+                                           registration="consecutive"))
     pipe.process(seq[0].points())
     noise = rng.uniform(-2, 2, (20000, 3)).astype(np.float32) + np.float32([0, 0, 3])
     r = pipe.process(noise)
-    assert r.registration is not None and not r.registration.success
+    assert r.registration is not None and not r.registration.success and not r.placed
     np.testing.assert_array_equal(pipe.pose, np.eye(4))
     r = pipe.process(seq[3].points())  # registers against frame 0, the last good anchor
     T_gt = np.linalg.inv(seq[0].pose) @ seq[3].pose
@@ -145,4 +147,4 @@ def test_unusable_clouds_raise_without_touching_state():
             pipe.process(bad)
     with pytest.raises(ValueError, match="shape"):
         pipe.process(np.zeros((10, 2)))
-    assert pipe._anchor is None
+    assert pipe.state is TrackState.INITIALIZING and len(pipe.tracker.map) == 0

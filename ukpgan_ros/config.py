@@ -111,17 +111,45 @@ class PipelineConfig(_Fields):
         choices=("keypoints", "dense"), live=True,
     )
     registration: str = _f(
-        "consecutive", "none, consecutive frames (odometry) or against reference_cloud",
-        choices=("none", "consecutive", "reference"),
+        "keyframe", "none; consecutive (frame-to-frame odometry); keyframe (odometry against keyframes, "
+                    "relocalises when lost); reference (each frame placed on its own in reference_cloud)",
+        choices=("none", "consecutive", "keyframe", "reference"),
     )
     reference_cloud: str = _f(
-        "", "PLY/PCD/NPY cloud to localise against when registration=reference (seen from its frame origin)")
+        "", "a saved map folder (ukpgan map, ~/save_map) or a PLY/PCD/NPY cloud (seen from its frame origin) to "
+            "localise against when registration=reference")
     ransac_max_iterations: int = _f(100000, "RANSAC iteration cap", range=(100, 10000000), live=True)
     ransac_confidence: float = _f(0.999, "RANSAC stop confidence", range=(0.5, 0.999999), live=True)
     icp_refine: bool = _f(True, "refine RANSAC with point-to-plane ICP on the voxel clouds", live=True)
     min_inliers: int = _f(6, "fewer RANSAC inlier matches than this marks a registration failed", range=(3, 100000), live=True)
     min_fitness: float = _f(0.2, "lower final fitness (overlap fraction) marks a registration failed", range=(0.0, 1.0),
                          live=True)
+    keyframe_min_fitness: float = _f(
+        0.6, "keyframe mode: a frame whose overlap (fitness) with the keyframe is below this becomes a keyframe",
+        range=(0.0, 1.0), live=True)
+    keyframe_min_inliers: int = _f(
+        40, "keyframe mode: a frame with fewer RANSAC inlier matches to the keyframe becomes a keyframe",
+        range=(3, 100000), live=True)
+    keyframe_max_distance: float = _f(
+        0.3, "keyframe mode: a frame farther than this from the keyframe becomes a keyframe [m]",
+        range=(0.01, 100.0), live=True)
+    keyframe_max_angle: float = _f(
+        15.0, "keyframe mode: a frame turned more than this from the keyframe becomes a keyframe [deg]",
+        range=(0.5, 180.0), live=True)
+    max_keyframes: int = _f(
+        200, "keyframes kept; a full store drops the keyframe nearest to another one (never the tracked one)",
+        range=(2, 100000), live=True)
+    lost_after: int = _f(
+        3, "registration failures in a row after which tracking is lost (diagnostics ERROR, no pose); "
+           "failed frames are relocalised from the first failure on", range=(1, 1000), live=True)
+    relocalization_candidates: int = _f(
+        5, "keyframes (most descriptor votes) a frame is registered against when relocalising or localising "
+           "in a map", range=(1, 100), live=True)
+    relocalization_min_fitness: float = _f(
+        0.3, "overlap (fitness) a relocalisation or map localisation needs to be accepted", range=(0.0, 1.0),
+        live=True)
+    map_dir: str = _f("ukpgan_map", "folder ~/save_map writes the keyframe map to (relative: to the working "
+                                    "directory); an existing map there is replaced", live=True)
     publish_tf: bool = _f(True, "broadcast odom_frame -> sensor frame on /tf (needs tf2_ros)", live=True)
     odom_frame: str = _f("odom", "frame of the accumulated pose", live=True)
     model_path: str = _f("", "UKPGAN weights (.safetensors); empty means the shipped model")
@@ -157,7 +185,7 @@ class PipelineConfig(_Fields):
         if self.min_range >= self.max_range:
             raise ConfigError(f"min_range ({self.min_range}) must be below max_range ({self.max_range})")
         if self.registration == "reference" and not self.reference_cloud:
-            raise ConfigError("registration=reference needs reference_cloud")
+            raise ConfigError("registration=reference needs reference_cloud (a map folder or a cloud file)")
         return self
 
 

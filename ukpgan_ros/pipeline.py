@@ -1,7 +1,8 @@
 """The per-frame pipeline: points -> working cloud -> keypoints -> descriptors -> transform -> pose.
 
-Stateful only where a stream needs state (the previous frame, the accumulated pose, the loaded
-reference); the node and the CLI drive it, tests drive it without ROS.
+Stateful only where a stream needs state: the tracker (:mod:`ukpgan_ros.tracking`: the previous
+frame or the keyframes, the pose) and the loaded reference map; the node and the CLI drive it,
+tests drive it without ROS.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -17,7 +19,10 @@ from ukpgan_ros.config import PipelineConfig
 from ukpgan_ros.detectors import Detector, Keypoints, make_detector
 from ukpgan_ros.device import free_cached_memory, resolve_device
 from ukpgan_ros.features import compute_descriptors
+from ukpgan_ros.maps import KeyframeMap, MapFormatError, load_map, save_map
 from ukpgan_ros.registration import FrameFeatures, RegistrationResult, register_features
+from ukpgan_ros.tracking import (FrameToFrame, KeyframePolicy, KeyframeTracker, MapLocalizer, RelocalizationPolicy,
+                                 Tracker, TrackState, TrackStep)
 
 __all__ = ["FrameResult", "KeypointPipeline", "EmptyCloudError", "register_clouds"]
 
@@ -33,23 +38,30 @@ class FrameResult:
     keypoints: Keypoints  # in the input cloud's frame
     working_points: int
     input_points: int
-    registration: RegistrationResult | None
-    pose: np.ndarray  # (4, 4) odom_from_sensor (reference_from_sensor in reference mode)
+    registration: RegistrationResult | None  # the one that placed the frame (or the last failed try)
+    pose: np.ndarray  # (4, 4) odom_from_sensor (map_from_sensor in reference mode); held when not placed
     timings: dict[str, float] = field(default_factory=dict)
     voxel_size: float = 0.0  # of the working cloud [m] (the chosen one with working_points > 0)
+    tracking: TrackStep | None = None  # state, covariance, motion, keyframe; None in mode none
 
     @property
     def total_time(self) -> float:
         return sum(self.timings.values())
 
+    @property
+    def placed(self) -> bool:
+        """Whether this frame got a pose (publish it) or not (tracking failed, mode none)."""
+        return self.tracking is not None and self.tracking.placed
+
 
 class KeypointPipeline:
     """Runs detection and registration on a stream of clouds in the sensor frame.
 
-    Modes: ``consecutive`` estimates ``T_prev_from_curr`` and chains it into ``pose``
-    (odometry); ``reference`` estimates ``T_ref_from_curr`` against a fixed cloud; ``none`` only
-    detects. A failed registration leaves the pose where it was and keeps the last good frame as
-    the anchor, so one bad frame does not corrupt the trajectory.
+    Modes (``registration``), each a tracker of :mod:`ukpgan_ros.tracking`: ``consecutive``
+    chains frame-to-frame transforms into ``pose`` (odometry); ``keyframe`` registers each frame
+    against the current keyframe and relocalises against all stored keyframes when that fails;
+    ``reference`` places each frame on its own in a saved map or a reference cloud; ``none``
+    only detects. A frame that is not placed leaves the pose where it was.
 
     The two steps are public so one-shot tools use exactly the stream's code: :meth:`describe`
     (points -> working cloud -> keypoints -> descriptors) and :meth:`register` (two described
@@ -58,36 +70,139 @@ class KeypointPipeline:
     """
 
     MIN_POINTS = 16
-    MAX_ANCHOR_FAILURES = 3
 
     def __init__(self, cfg: PipelineConfig, detector: Detector | None = None,
                  reference_points: np.ndarray | None = None) -> None:
-        self.cfg = cfg.validate()
+        self._cfg = cfg.validate()
         self.device = str(resolve_device(cfg.device))  # where SHOT descriptors run
         self._owns_detector = detector is None
         self.detector = detector if detector is not None else make_detector(cfg)
         self._voxel_chosen = cfg.working_points == 0
-        self.pose = np.eye(4)
-        self._anchor: FrameFeatures | None = None
-        self._failures = 0
-        self._reference: FrameFeatures | None = None
+        self._reference: KeyframeMap | None = None
         if cfg.registration == "reference":
-            if reference_points is None:
-                from ukpgan_ros.io import read_cloud
+            self._reference = self._load_reference(reference_points)
+        self.tracker: Tracker | None = self._make_tracker()
 
-                reference_points = read_cloud(cfg.reference_cloud)
-            self._choose_voxel(reference_points, crop=False)
-            # FPFH needs consistent normal signs: like a recorded frame or a 3DMatch fragment, the
-            # reference is taken to be seen from the origin of its own frame.
-            self._reference = self.describe(reference_points, crop=False, dense=True)
+    # ------------------------------------------------------------------ configuration
+    @property
+    def cfg(self) -> PipelineConfig:
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, cfg: PipelineConfig) -> None:
+        """A changed configuration (live parameters) reaches the tracker's thresholds at once."""
+        self._cfg = cfg
+        tracker = getattr(self, "tracker", None)
+        if isinstance(tracker, KeyframeTracker):
+            tracker.set_policies(self._keyframe_policy(), self._reloc_policy(), cfg.max_keyframes)
+        elif isinstance(tracker, MapLocalizer):
+            tracker.reloc = self._reloc_policy()
+        elif isinstance(tracker, FrameToFrame):
+            tracker.lost_after = cfg.lost_after
+
+    def _keyframe_policy(self) -> KeyframePolicy:
+        c = self._cfg
+        return KeyframePolicy(c.keyframe_min_fitness, c.keyframe_min_inliers, c.keyframe_max_distance,
+                              c.keyframe_max_angle)
+
+    def _reloc_policy(self) -> RelocalizationPolicy:
+        c = self._cfg
+        return RelocalizationPolicy(c.relocalization_candidates, c.relocalization_min_fitness, c.lost_after)
+
+    def _map_meta(self) -> dict:
+        c = self._cfg
+        return {"voxel_size": c.voxel_size, "descriptor": c.descriptor, "detector": c.detector,
+                "match_against": c.match_against, "frame_id": c.odom_frame}
+
+    @property
+    def sigma_floor(self) -> float:
+        """Smallest residual [m] a covariance assumes: a tenth of a voxel (a perfect fit of
+        voxel means is still no better than the grid)."""
+        return 0.1 * self._cfg.voxel_size
+
+    def _make_tracker(self) -> Tracker | None:
+        cfg, d = self._cfg, self._cfg.match_distance
+        if cfg.registration == "consecutive":
+            return FrameToFrame(d, cfg.lost_after, self.sigma_floor)
+        if cfg.registration == "keyframe":
+            return KeyframeTracker(self._keyframe_policy(), self._reloc_policy(), d, cfg.max_keyframes,
+                                   self.sigma_floor, self._map_meta())
+        if cfg.registration == "reference":
+            return MapLocalizer(self._reference, self._reloc_policy(), d, self.sigma_floor)
+        return None
+
+    def _load_reference(self, reference_points: np.ndarray | None) -> KeyframeMap:
+        """``reference_cloud`` as a map: a saved map folder, or one cloud as a one-keyframe map
+        at the origin (its dense descriptors kept: frames are matched against all its points)."""
+        cfg = self._cfg
+        if reference_points is None and Path(cfg.reference_cloud).expanduser().is_dir():
+            kmap = load_map(cfg.reference_cloud)
+            self._adopt_map(kmap)
+            return kmap
+        if reference_points is None:
+            from ukpgan_ros.io import read_cloud
+
+            reference_points = read_cloud(cfg.reference_cloud)
+        self._choose_voxel(reference_points, crop=False)
+        # FPFH needs consistent normal signs: like a recorded frame or a 3DMatch fragment, the
+        # reference is taken to be seen from the origin of its own frame.
+        feats = self.describe(reference_points, crop=False, dense=True)
+        kmap = KeyframeMap(max_keyframes=1, meta=self._map_meta())
+        kmap.add(np.eye(4), feats, keep_dense=cfg.match_against == "dense")
+        return kmap
+
+    def _adopt_map(self, kmap: KeyframeMap) -> None:
+        """Check a loaded map against the configuration; its voxel wins with working_points > 0."""
+        cfg, meta = self._cfg, kmap.meta
+        where = cfg.reference_cloud
+        if meta.get("descriptor", cfg.descriptor) != cfg.descriptor:
+            raise MapFormatError(f"{where}: the map holds {meta['descriptor']} descriptors; set descriptor: "
+                                 f"{meta['descriptor']} to localise against it")
+        voxel = float(meta.get("voxel_size", cfg.voxel_size))
+        if abs(voxel - cfg.voxel_size) > 1e-9:
+            if cfg.working_points == 0:
+                raise MapFormatError(f"{where}: the map was built at {voxel} m voxels (descriptor radii follow the "
+                                     f"voxel); set voxel_size: {voxel}")
+            self._set_voxel(voxel)
+        self._voxel_chosen = True
 
     def reset(self) -> None:
-        """Forget the stream (previous frame and pose); keep the model and the reference (whose
-        voxel, with working_points > 0, stays the stream's)."""
-        self.pose = np.eye(4)
-        self._anchor = None
-        self._failures = 0
-        self._voxel_chosen = self.cfg.working_points == 0 or self._reference is not None
+        """Forget the stream (trajectory, keyframes, previous frame); keep the model and the
+        reference map (whose voxel, with working_points > 0, stays the stream's)."""
+        if self.tracker is not None:
+            self.tracker.reset()
+        self._voxel_chosen = self._cfg.working_points == 0 or self._reference is not None
+
+    @property
+    def pose(self) -> np.ndarray:
+        """odom_from_sensor of the last placed frame (identity before the first)."""
+        return self.tracker.pose if self.tracker is not None else np.eye(4)
+
+    @property
+    def state(self) -> TrackState | None:
+        return self.tracker.state if self.tracker is not None else None
+
+    def set_pose(self, pose: np.ndarray, covariance: np.ndarray | None = None) -> str:
+        """Place the sensor in the odometry frame (see the tracker's ``set_pose``); ValueError
+        when the mode has no pose to set."""
+        pose = np.asarray(pose, np.float64)
+        if pose.shape != (4, 4) or not np.isfinite(pose).all():
+            raise ValueError(f"a pose is a finite 4x4 matrix, got shape {pose.shape}")
+        if self.tracker is None:
+            raise ValueError("registration: none tracks no pose")
+        return self.tracker.set_pose(pose, covariance)
+
+    def save_map(self, folder: str | Path | None = None) -> tuple[Path, int]:
+        """Write the keyframes (or the loaded reference map) to ``folder`` (default ``map_dir``);
+        returns (folder, keyframes). MapFormatError when there is nothing to save."""
+        kmap = self.tracker.map if self.tracker is not None else None
+        if kmap is None:
+            raise MapFormatError(f"registration: {self._cfg.registration} keeps no keyframes; "
+                                 "use registration: keyframe to build a map")
+        if len(kmap) == 0:
+            raise MapFormatError("no keyframes yet: process some frames first")
+        folder = Path(folder if folder is not None else self._cfg.map_dir)
+        return save_map(kmap, folder), len(kmap)
 
     def _choose_voxel(self, points: np.ndarray, crop: bool = True) -> None:
         """With ``working_points`` > 0, pick the voxel for this stream from its first cloud, so
@@ -103,18 +218,23 @@ class KeypointPipeline:
         lo, hi = PipelineConfig.__dataclass_fields__["voxel_size"].metadata["range"]
         voxel = voxel_for_budget(pts, cfg.working_points, cfg.voxel_size, lo, hi)
         self._voxel_chosen = True
-        if voxel == cfg.voxel_size:
-            return
-        new = dataclasses.replace(cfg, voxel_size=voxel).validate()
+        if voxel != cfg.voxel_size:
+            self._set_voxel(voxel)
+
+    def _set_voxel(self, voxel: float) -> None:
+        new = dataclasses.replace(self._cfg, voxel_size=voxel).validate()
         if self._owns_detector:
             old, self.detector = self.detector, make_detector(new)
             old.release()
-        self.cfg = new
+        self._cfg = new
+        tracker = getattr(self, "tracker", None)
+        if tracker is not None:  # distances follow the voxel
+            tracker.distance, tracker.sigma_floor = new.match_distance, self.sigma_floor
 
     def release(self) -> None:
         """Drop the model, the frames and the reference (and the device's cached memory)."""
         self.detector.release()
-        self._anchor = None
+        self.tracker = None
         self._reference = None
         free_cached_memory()
 
@@ -203,35 +323,30 @@ class KeypointPipeline:
             timings.update(res.timings)
         return res
 
-    def process(self, points: np.ndarray) -> FrameResult:
-        """Process one cloud (N, 3) in the sensor frame. Raises ValueError on unusable input;
-        the pipeline state is then unchanged."""
+    def process(self, points: np.ndarray, stamp: float | None = None, index: int | None = None) -> FrameResult:
+        """Process one cloud (N, 3) in the sensor frame (``stamp`` [s] and a sequence ``index``
+        are kept with keyframes). Raises ValueError on unusable input; the state is then unchanged."""
         timings: dict[str, float] = {}
-        # A consecutive-mode frame becomes the next frame's target: keep its dense descriptors.
-        feats = self.describe(points, dense=self.cfg.registration == "consecutive", timings=timings)
-        reg: RegistrationResult | None = None
-        mode = self.cfg.registration
-        if mode == "reference":
-            assert self._reference is not None
-            reg = self.register(feats, self._reference, timings)
-            if reg.success:
-                self.pose = reg.T_tgt_from_src.copy()
-        elif mode == "consecutive":
-            if self._anchor is None:
-                self._anchor = feats
-            else:
-                reg = self.register(feats, self._anchor, timings)
-                if reg.success:
-                    # odom_from_curr = odom_from_prev @ T_prev_from_curr
-                    self.pose = self.pose @ reg.T_tgt_from_src
-                    self._anchor, self._failures = feats, 0
-                else:
-                    self._failures += 1
-                    if self._failures >= self.MAX_ANCHOR_FAILURES:
-                        # The anchor is stale; restart from here with the pose held.
-                        self._anchor, self._failures = feats, 0
-        return FrameResult(feats.keypoints, len(feats.cloud), feats.cloud.raw_count, reg, self.pose.copy(), timings,
-                           self.cfg.voxel_size)
+        # Every registration mode matches against the live frame's dense descriptors.
+        feats = self.describe(points, dense=self._cfg.registration != "none", timings=timings)
+        step = None
+        if self.tracker is not None:
+            reg_times: dict[str, float] = {}
+
+            def register(src: FrameFeatures, tgt: FrameFeatures) -> RegistrationResult:
+                res = self.register(src, tgt)
+                for k, v in res.timings.items():
+                    reg_times[k] = reg_times.get(k, 0.0) + v
+                return res
+
+            t0 = time.perf_counter()
+            step = self.tracker.step(feats, register, stamp, index)
+            # the tracker's own work (votes, covariance, bookkeeping) beside the summed registrations
+            timings["track"] = max(0.0, time.perf_counter() - t0 - sum(reg_times.values()))
+            timings.update(reg_times)
+        return FrameResult(feats.keypoints, len(feats.cloud), feats.cloud.raw_count,
+                           step.registration if step is not None else None, self.pose, timings,
+                           self._cfg.voxel_size, step)
 
 
 def register_clouds(source: np.ndarray, target: np.ndarray, cfg: PipelineConfig,

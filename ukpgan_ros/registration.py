@@ -25,6 +25,8 @@ __all__ = [
     "register_features",
     "count_inliers",
     "evaluate_overlap",
+    "nearest_rows",
+    "registration_covariance",
 ]
 
 _reg = o3d.pipelines.registration
@@ -75,8 +77,13 @@ class RegistrationResult:
     message: str = ""
 
 
-def _nearest(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.ndarray:
+def nearest_rows(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.ndarray:
     """Index of the nearest row of ``b`` for each row of ``a`` (L2), brute force in chunks."""
+    with _single_threaded_blas():
+        return _nearest(a, b, chunk)
+
+
+def _nearest(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.ndarray:
     b32 = np.ascontiguousarray(b, dtype=np.float32)
     bn = np.einsum("ij,ij->i", b32, b32)
     out = np.empty(len(a), np.int64)
@@ -203,3 +210,33 @@ def register_features(
     ok = fitness >= min_fitness
     msg = "" if ok else f"fitness {fitness:.3f} below {min_fitness}"
     return RegistrationResult(T, fitness, rmse, len(corr), inliers, ok, timings, msg)
+
+
+def registration_covariance(src: WorkingCloud, tgt: WorkingCloud, T: np.ndarray, distance: float,
+                            sigma_floor: float = 0.0, max_variance: float = 1e4) -> np.ndarray:
+    """6x6 covariance of ``T`` (``p_tgt = T p_src``) from the point-to-plane geometry of the fit.
+
+    Order (x, y, z, rx, ry, rz), as ROS messages; a left perturbation in the target frame
+    (``exp(d) T``). It is ``s^2 (J^T J)^-1`` over the source points within ``distance`` of their
+    nearest target point, J = [n, p x n] per pair, ``s`` the RMS point-to-plane residual (at least
+    ``sigma_floor``), times N / sqrt(N) for N pairs: neighbouring residuals of voxel clouds are
+    not independent, and without that factor the figure is tens of times below the errors
+    measured on 7-Scenes and the synthetic room. Directions the scene does not constrain (sliding
+    along a lone plane) get large variances, capped at ``max_variance``.
+    """
+    from scipy.spatial import cKDTree
+
+    moved = src.points.astype(np.float64) @ T[:3, :3].T + T[:3, 3]
+    dist, j = cKDTree(tgt.points).query(moved, distance_upper_bound=distance)
+    ok = np.isfinite(dist)
+    if ok.sum() < 6:
+        return np.eye(6) * max_variance
+    p, n, q = moved[ok], tgt.normals[j[ok]].astype(np.float64), tgt.points[j[ok]].astype(np.float64)
+    r = np.einsum("ij,ij->i", p - q, n)
+    J = np.hstack([n, np.cross(p, n)])
+    H = J.T @ J
+    s2 = max(float(np.mean(r * r)), sigma_floor ** 2)
+    w, V = np.linalg.eigh(H)
+    w = np.maximum(w, s2 / max_variance)
+    cov = (V / w) @ V.T * s2 * np.sqrt(len(r))
+    return 0.5 * (cov + cov.T)
