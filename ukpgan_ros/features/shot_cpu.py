@@ -61,7 +61,8 @@ SHOT_DIM = 352
 _MIN_NEIGHBORS = 5
 _CELLS_PER_RADIUS = 1  # grid cell edge = radius: 9 columns, ~5 candidates per neighbour
 _BLOCK = 32  # queries per scheduling unit
-_DENSE_LIMIT = 1 << 22  # cells in the dense per-cell offset table (else binary search)
+_DENSE_LIMIT = 1 << 22  # a dense per-cell offset table up to max(this, 16 N) cells, else
+_DENSE_PER_POINT = 16  # binary search in the sorted cell keys
 
 
 class ShotResult(NamedTuple):
@@ -524,7 +525,7 @@ def _grid(pts, nrm, query_idx, radius):
     key = (ijk[:, 0] * dims[1] + ijk[:, 1]) * dims[2] + ijk[:, 2]
     order = np.argsort(key, kind="stable")
     n_cells = int(dims[0]) * int(dims[1]) * int(dims[2])
-    dense = n_cells <= max(_DENSE_LIMIT, 16 * n)
+    dense = n_cells <= max(_DENSE_LIMIT, _DENSE_PER_POINT * n)
     if dense:  # "points with a smaller key" for every cell
         start = np.zeros(n_cells + 1, np.int64)
         np.cumsum(np.bincount(key, minlength=n_cells), out=start[1:])
@@ -537,10 +538,12 @@ def _grid(pts, nrm, query_idx, radius):
     qsrc = rank[query_idx]
     visit = np.argsort(qsrc, kind="stable")  # neighbouring queries share their candidates
     nrm_s = np.ascontiguousarray(nrm[order].T)
+    nrm_ok = np.isfinite(nrm_s).all(0)
+    nrm_s[:, ~nrm_ok] = 0  # like torch: a finite cosine (these neighbours do not vote)
     # float rounding of cell coordinates: a point the exact test accepts is never this far out
     slack = 1e-4 / inv_cell + 8 * 1.2e-7 * (float(np.abs(p64).max()) + radius)
     return (qsrc[visit], visit, np.ascontiguousarray(pts[order].T), nrm_s,
-            np.isfinite(nrm_s).all(0), order, start, keys, dense, origin, dims, inv_cell, slack)
+            nrm_ok, order, start, keys, dense, origin, dims, inv_cell, slack)
 
 
 _LOCK = threading.Lock()
