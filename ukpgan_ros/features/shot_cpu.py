@@ -55,12 +55,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["SHOT_DIM", "ShotResult", "shot_cpu", "warmup"]
+__all__ = ["SHOT_DIM", "ShotResult", "shot_cpu", "normals_cpu", "warmup"]
 
 SHOT_DIM = 352
 _MIN_NEIGHBORS = 5
 _CELLS_PER_RADIUS = 1  # grid cell edge = radius: 9 columns, ~5 candidates per neighbour
-_BLOCK = 32  # queries per scheduling unit
+_NORMAL_CELLS_PER_RADIUS = 1  # (2: fewer candidates but more columns, slower)
+_BLOCK = 64  # queries per scheduling unit
 _DENSE_LIMIT = 1 << 22  # a dense per-cell offset table up to max(this, 16 N) cells, else
 _DENSE_PER_POINT = 16  # binary search in the sorted cell keys
 
@@ -459,7 +460,7 @@ def _shot_block(q_lo, q_hi, qsrc, rows, pts, nrm, nrm_ok, orig, start, keys, den
             j = srow[k]
             cz_[k] = nx[j] * az0 + ny[j] * az1 + nz[j] * az2
             # votes in the histogram: distinct and with a finite normal (0/1 weight, like torch)
-            wt_[k] = f32(1.0) if d2s[k] != 0 and nrm_ok[j] else f32(0.0)
+            wt_[k] = f32(d2s[k] != 0) * f32(nrm_ok[j])
         # PCL's majority of s >= 0 among distinct neighbours (coincident ones project to 0)
         t_x = 2 * (plus_x - n_same) - n
         t_z = 2 * (plus_z - n_same) - n
@@ -512,38 +513,173 @@ def _shot_block(q_lo, q_hi, qsrc, rows, pts, nrm, nrm_ok, orig, start, keys, den
         valid[row] = True
 
 
-def _grid(pts, nrm, query_idx, radius):
-    """Bucket the points into cubic cells (NumPy: a stable sort of the cell keys), and the
-    grid-sorted ``(3, N)`` points and normals, finite-normal flags and queries in grid order
-    that the kernel takes (a tuple in :func:`_run`'s argument order)."""
+def _normals_block(q_lo, q_hi, pts, orig, start, keys, dense, origin, dims, inv_cell, slack,
+                   radius, max_nn, vp, out):
+    """PCA normals of the grid-sorted points ``q_lo .. q_hi`` into rows ``orig[q]`` of
+    ``out``: the smallest-eigenvalue axis of the covariance of the (at most ``max_nn``
+    nearest) points within ``radius`` about their centroid, in double, facing ``vp``."""
+    px, py, pz = pts[0], pts[1], pts[2]
+    n_cols = (2 * _NORMAL_CELLS_PER_RADIUS + 3) ** 2
+    j0s = np.empty(n_cols, np.uint64)
+    j1s = np.empty(n_cols, np.uint64)
+    size = 1
+    for qi in range(q_lo, q_hi):
+        size = max(size, _runs(px[qi], py[qi], pz[qi], origin, inv_cell, slack, radius, dims,
+                               start, keys, dense, j0s, j1s)[1])
+    srow = np.empty(size, np.uint32)
+    d2s = np.empty(size, np.float32)
+    nearest = np.empty(size, np.uint32)
+    r2 = np.float32(radius * radius)
+    for qi in range(q_lo, q_hi):
+        qx, qy, qz = px[qi], py[qi], pz[qi]
+        m_runs = _runs(qx, qy, qz, origin, inv_cell, slack, radius, dims, start, keys, dense,
+                       j0s, j1s)[0]
+        c = np.uint64(0)
+        for t in range(m_runs):
+            for j in range(j0s[t], j1s[t]):
+                ddx = px[j] - qx
+                ddy = py[j] - qy
+                ddz = pz[j] - qz
+                d2 = ddx * ddx + ddy * ddy + ddz * ddz
+                srow[c] = np.uint32(j)
+                d2s[c] = d2
+                c += np.uint64(d2 <= r2)
+        cnt = np.int64(c)
+        row = orig[qi]
+        if cnt > max_nn:  # the nearest (equal distances: input order)
+            perm = _rank_by_distance(d2s, srow, orig, cnt, False)
+            for k in range(max_nn):
+                nearest[k] = srow[perm[k]]
+            for k in range(max_nn):
+                srow[k] = nearest[k]
+            cnt = max_nn
+        if cnt < 3:
+            out[row, 0] = np.nan
+            out[row, 1] = np.nan
+            out[row, 2] = np.nan
+            continue
+        # centroid, then the covariance about it (two passes, double)
+        mx = 0.0
+        my = 0.0
+        mz = 0.0
+        for k in range(cnt):
+            j = srow[k]
+            mx += np.float64(px[j])
+            my += np.float64(py[j])
+            mz += np.float64(pz[j])
+        mx /= cnt
+        my /= cnt
+        mz /= cnt
+        c_xx = 0.0
+        c_xy = 0.0
+        c_xz = 0.0
+        c_yy = 0.0
+        c_yz = 0.0
+        c_zz = 0.0
+        for k in range(cnt):
+            j = srow[k]
+            ex = np.float64(px[j]) - mx
+            ey = np.float64(py[j]) - my
+            ez = np.float64(pz[j]) - mz
+            c_xx += ex * ex
+            c_xy += ex * ey
+            c_xz += ex * ez
+            c_yy += ey * ey
+            c_yz += ey * ez
+            c_zz += ez * ez
+        v0, v1, v2, w0, w1, w2, ok = _principal_axes(c_xx, c_xy, c_xz, c_yy, c_yz, c_zz)
+        if not ok:  # all the points at one position
+            out[row, 0] = np.nan
+            out[row, 1] = np.nan
+            out[row, 2] = np.nan
+            continue
+        flip = (vp[0] - qx) * w0 + (vp[1] - qy) * w1 + (vp[2] - qz) * w2 < 0
+        s = -1.0 if flip else 1.0
+        out[row, 0] = np.float32(s * w0)
+        out[row, 1] = np.float32(s * w1)
+        out[row, 2] = np.float32(s * w2)
+
+
+def _cell_keys(pts, origin, inv_cell, dims):
+    """Cell key ``(ix * dy + iy) * dz + iz`` of every point."""
     n = pts.shape[0]
-    inv_cell = _CELLS_PER_RADIUS / radius
-    p64 = pts.astype(np.float64)
-    origin = p64.min(0)
-    ijk = np.floor((p64 - origin) * inv_cell).astype(np.int64)
-    dims = ijk.max(0) + 1
-    key = (ijk[:, 0] * dims[1] + ijk[:, 1]) * dims[2] + ijk[:, 2]
-    order = np.argsort(key, kind="stable")
+    key = np.empty(n, np.int64)
+    for i in range(n):
+        ix = np.int64(math.floor((np.float64(pts[i, 0]) - origin[0]) * inv_cell))
+        iy = np.int64(math.floor((np.float64(pts[i, 1]) - origin[1]) * inv_cell))
+        iz = np.int64(math.floor((np.float64(pts[i, 2]) - origin[2]) * inv_cell))
+        key[i] = (ix * dims[1] + iy) * dims[2] + iz
+    return key
+
+
+def _counting_sort(key, n_cells):
+    """Stable order of the keys (all in ``[0, n_cells)``) and the table ``start`` of "keys
+    smaller than c" for c = 0 .. n_cells."""
+    start = np.zeros(n_cells + 1, np.int64)
+    for k in key:
+        start[k + 1] += 1
+    for c in range(n_cells):
+        start[c + 1] += start[c]
+    fill = np.empty(n_cells, np.int64)
+    for c in range(n_cells):
+        fill[c] = start[c]
+    order = np.empty(key.shape[0], np.int64)
+    for i in range(key.shape[0]):
+        order[fill[key[i]]] = i
+        fill[key[i]] += 1
+    return order, start
+
+
+def _gather_sorted(pts, nrm, order):
+    """Grid-sorted ``(3, N)`` points and normals (non-finite normals zeroed, like torch: their
+    cosines stay finite, and these neighbours do not vote) and the finite-normal flags."""
+    n = order.shape[0]
+    p = np.empty((3, n), np.float32)
+    q = np.empty((3, n), np.float32)
+    ok = np.empty(n, np.bool_)
+    for i in range(n):
+        o = order[i]
+        good = math.isfinite(nrm[o, 0]) and math.isfinite(nrm[o, 1]) and math.isfinite(nrm[o, 2])
+        ok[i] = good
+        for a in range(3):
+            p[a, i] = pts[o, a]
+            q[a, i] = nrm[o, a] if good else np.float32(0.0)
+    return p, q, ok
+
+
+def _grid(pts, nrm, query_idx, radius, cells_per_radius=_CELLS_PER_RADIUS):
+    """Bucket the points into cubic cells (a counting sort of the cell keys, or NumPy's sort
+    when the cells are too many for a table) and return the kernel's arguments: the queries in
+    grid order (neighbouring queries share their candidates in cache), the grid-sorted points
+    and normals, the grid and the float-rounding slack of the cell bounds."""
+    n = pts.shape[0]
+    inv_cell = cells_per_radius / radius
+    lo = pts.min(0).astype(np.float64)
+    hi = pts.max(0).astype(np.float64)
+    origin = lo
+    dims = np.floor((hi - lo) * inv_cell).astype(np.int64) + 1
+    key = _cell_keys(pts, origin, inv_cell, dims)
     n_cells = int(dims[0]) * int(dims[1]) * int(dims[2])
     dense = n_cells <= max(_DENSE_LIMIT, _DENSE_PER_POINT * n)
     if dense:  # "points with a smaller key" for every cell
-        start = np.zeros(n_cells + 1, np.int64)
-        np.cumsum(np.bincount(key, minlength=n_cells), out=start[1:])
+        order, start = _counting_sort(key, n_cells)
         keys = np.zeros(0, np.int64)
     else:  # too many cells for a table: binary search in the sorted keys
+        order = np.argsort(key, kind="stable")
         start = np.zeros(0, np.int64)
         keys = key[order]
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n)
-    qsrc = rank[query_idx]
-    visit = np.argsort(qsrc, kind="stable")  # neighbouring queries share their candidates
-    nrm_s = np.ascontiguousarray(nrm[order].T)
-    nrm_ok = np.isfinite(nrm_s).all(0)
-    nrm_s[:, ~nrm_ok] = 0  # like torch: a finite cosine (these neighbours do not vote)
+    if query_idx is None:
+        qs, visit = np.arange(n), order
+    else:
+        rank = np.empty(n, np.int64)
+        rank[order] = np.arange(n)
+        qsrc = rank[query_idx]
+        visit = np.argsort(qsrc, kind="stable")
+        qs = qsrc[visit]
+    p, q, ok = _gather_sorted(pts, nrm, order)
     # float rounding of cell coordinates: a point the exact test accepts is never this far out
-    slack = 1e-4 / inv_cell + 8 * 1.2e-7 * (float(np.abs(p64).max()) + radius)
-    return (qsrc[visit], visit, np.ascontiguousarray(pts[order].T), nrm_s,
-            nrm_ok, order, start, keys, dense, origin, dims, inv_cell, slack)
+    slack = 1e-4 / inv_cell + 8 * 1.2e-7 * (max(np.abs(lo).max(), np.abs(hi).max()) + radius)
+    return (qs, visit, p, q, ok, order, start, keys, dense, origin, dims, inv_cell, slack)
 
 
 _LOCK = threading.Lock()
@@ -551,7 +687,8 @@ _KERNEL = None
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
 _INLINED = ("_atan2",)  # inlined in numba IR: the vote loop must not call functions
 _JITTED = ("_eigvec3", "_orth", "_principal_axes", "_rank_by_distance", "_lower_bound",
-           "_votes", "_runs", "_shot_block")
+           "_votes", "_runs", "_shot_block", "_normals_block", "_cell_keys", "_counting_sort",
+           "_gather_sorted")
 
 
 def _compiled():
@@ -638,6 +775,22 @@ def _as_cloud(x, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+def _check_threads(threads) -> int:
+    if threads is None:
+        return _default_threads()
+    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)) \
+            or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    return int(threads)
+
+
+def _check_extent(pts: np.ndarray, radius: float) -> None:
+    extent = pts.max(0).astype(np.float64) - pts.min(0)
+    cells = np.floor(extent * (_CELLS_PER_RADIUS / radius)) + 1
+    if float(np.prod(cells)) >= 2.0**62:
+        raise ValueError(f"radius {radius} is too small for the extent of the cloud")
+
+
 def shot_cpu(
     points: np.ndarray,
     normals: np.ndarray,
@@ -692,27 +845,63 @@ def shot_cpu(
     if nq == 0:
         return ShotResult(np.zeros((0, SHOT_DIM), np.float32), np.zeros((0, 3, 3), np.float32),
                           np.zeros(0, bool))
-    extent = pts.max(0).astype(np.float64) - pts.min(0)
-    cells = np.floor(extent * (_CELLS_PER_RADIUS / r)) + 1
-    if float(np.prod(cells)) >= 2.0**62:
-        raise ValueError(f"radius {r} is too small for the extent of the cloud")
-    if threads is None:
-        threads = _default_threads()
-    elif isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)) \
-            or threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    _check_extent(pts, r)
+    threads = _check_threads(threads)
     kernel = _compiled()
-    grid = _grid(pts, nrm, qi, r)
+    grid = _grid(pts, nrm, None if query_idx is None else qi, r)
     desc = np.zeros((nq, SHOT_DIM), np.float32)
     lrf = np.zeros((nq, 3, 3), np.float32)
     valid = np.zeros(nq, bool)
-    _run(kernel, (*grid, r, cap, desc, lrf, valid), nq, int(threads))
+    _run(kernel, (*grid, r, cap, desc, lrf, valid), nq, threads)
     return ShotResult(desc, lrf, valid)
 
 
-def warmup() -> None:
-    """Compile (or load from the on-disk cache) the kernels on a tiny cloud."""
+def normals_cpu(
+    points: np.ndarray,
+    radius: float,
+    viewpoint=(0.0, 0.0, 0.0),
+    *,
+    max_nn: int | None = 30,
+    threads: int | None = None,
+) -> np.ndarray:
+    """PCA normals ``(N, 3)`` float32: for every point the smallest-eigenvalue axis of the
+    covariance (about the centroid, in double) of its neighbours within ``radius`` (the point
+    included), at most the ``max_nn`` nearest of them (Open3D's hybrid search, the pipeline's
+    ``estimate_normals`` with max_nn = 30; ``None``: all, like PCL's radius search), flipped to
+    face ``viewpoint``. Points with fewer than 3 neighbours get NaN (SHOT skips them).
+    """
+    pts = _as_cloud(points, "points")
+    if pts.shape[0] == 0:
+        raise ValueError("points is empty")
+    if not np.isfinite(pts).all():
+        raise ValueError("points contains NaN or inf")
+    r = _check_radius(radius)
+    vp = np.asarray(viewpoint, np.float64)
+    if vp.shape != (3,) or not np.isfinite(vp).all():
+        raise ValueError(f"viewpoint must be 3 finite numbers, got {viewpoint!r}")
+    if max_nn is None:
+        cap = pts.shape[0]
+    elif isinstance(max_nn, (bool, np.bool_)) or not isinstance(max_nn, (int, np.integer)) \
+            or max_nn < 3:
+        raise ValueError(f"max_nn must be an integer >= 3 or None, got {max_nn!r}")
+    else:
+        cap = int(max_nn)
+    threads = _check_threads(threads)
+    _check_extent(pts, r)
+    _compiled()
+    g = _grid(pts, pts, None, r, _NORMAL_CELLS_PER_RADIUS)
+    out = np.empty(pts.shape, np.float32)
+    args = (g[2], g[5], g[6], g[7], g[8], g[9], g[10], g[11], g[12], r, cap, vp, out)
+    _run(_normals_block, args, pts.shape[0], threads)
+    return out
+
+
+def warmup(normals: bool = True) -> None:
+    """Compile (or load from the on-disk cache) the kernels on a tiny cloud: SHOT, and with
+    ``normals`` the normals kernel too."""
     rng = np.random.default_rng(0)
     pts = rng.normal(size=(64, 3)).astype(np.float32) * 0.1
     nrm = np.tile(np.float32([0, 0, 1]), (64, 1))
     shot_cpu(pts, nrm, 0.2)
+    if normals:
+        normals_cpu(pts, 0.2)
