@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data"
 
