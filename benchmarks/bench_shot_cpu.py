@@ -29,18 +29,19 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data"
 def load_clouds(data: Path, frames: list[int], voxels: list[float]):
     """[(name, voxel, [(points, normals), ...])] for the 7-Scenes frames and cloud_bin_0."""
     from ukpgan_ros.cloud import make_working_cloud
-    from ukpgan_ros.io import SevenScenesSequence, read_cloud
+    from ukpgan_ros.datasets import SevenScenesSequence
+    from ukpgan_ros.io import read_cloud
 
     seq = SevenScenesSequence(data / "7scenes-redkitchen")
     raw_frames = [seq[i].points() for i in frames]
     fragment = read_cloud(data / "3dmatch-redkitchen" / "cloud_bin_0.ply")
     out = []
     for voxel in voxels:
-        clouds = [make_working_cloud(p, voxel) for p in raw_frames]
+        clouds = [make_working_cloud(p, voxel, normal_radius=2 * voxel) for p in raw_frames]
         out.append((f"7-Scenes frames {','.join(map(str, frames))}", voxel,
                     [(c.points, c.normals) for c in clouds]))
     for voxel in voxels:
-        c = make_working_cloud(fragment, voxel)
+        c = make_working_cloud(fragment, voxel, normal_radius=2 * voxel)
         out.append(("3DMatch cloud_bin_0", voxel, [(c.points, c.normals)]))
     return out
 
@@ -66,10 +67,7 @@ def main() -> None:
 
     from ukpgan_ros.features.shot_cpu import shot_cpu, warmup
 
-    try:
-        from ukpgan_ros.features.shot import compute_shot
-    except ImportError:  # before ukpgan_ros/shot.py moved into features/
-        from ukpgan_ros.shot import compute_shot
+    from ukpgan_ros.features.shot import compute_shot
 
     try:
         threads = args.threads or len(os.sched_getaffinity(0))

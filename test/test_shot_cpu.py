@@ -12,10 +12,8 @@ import pytest
 from conftest import DATA, ROOT, SHARED, need
 from ukpgan_ros.features.shot_cpu import SHOT_DIM, ShotResult, normals_cpu, shot_cpu, warmup
 
-try:
-    from ukpgan_ros.features.shot import compute_shot, estimate_normals
-except ImportError:  # before the move of ukpgan_ros/shot.py into features/
-    from ukpgan_ros.shot import compute_shot, estimate_normals
+from ukpgan_ros.features.normals import estimate_normals_torch as estimate_normals
+from ukpgan_ros.features.shot import compute_shot
 
 FIXTURE = SHARED / "fixtures" / "shot_pcl_3dmatch_r030.npz"
 
@@ -111,15 +109,16 @@ def test_sign_vote_ties_match_pcl(pcl, ours):
 
 
 def _real_cloud(name: str):
-    """A real cloud voxelised at 5 cm with Open3D normals (radius 2 voxels, facing the sensor)."""
+    """A real cloud voxelised at 5 cm with normals (radius 2 voxels, facing the sensor)."""
     from ukpgan_ros.cloud import make_working_cloud
-    from ukpgan_ros.io import SevenScenesSequence, read_cloud
+    from ukpgan_ros.datasets import SevenScenesSequence
+    from ukpgan_ros.io import read_cloud
 
     if name == "7scenes frame 0":
         pts = SevenScenesSequence(need(DATA / "7scenes-redkitchen"))[0].points()
     else:
         pts = read_cloud(need(DATA / "3dmatch-redkitchen" / "cloud_bin_0.ply"))
-    return make_working_cloud(pts, 0.05)
+    return make_working_cloud(pts, 0.05, normal_radius=0.1)
 
 
 @pytest.mark.parametrize("name", ["7scenes frame 0", "3dmatch cloud_bin_0"])
@@ -331,16 +330,18 @@ def test_bad_input_raises(kwargs):
 
 
 def test_normals_match_open3d_and_torch():
-    """The pipeline's Open3D normals (hybrid search: the 30 nearest within 2 voxels, facing the
-    sensor) and torch ``estimate_normals`` (every point within the radius, like PCL)."""
+    """Open3D's normals (hybrid search: the 30 nearest within 2 voxels, oriented to face the
+    sensor here) and torch ``estimate_normals`` (every point within the radius, like PCL)."""
+    import open3d as o3d
     import torch
-
-    from ukpgan_ros.cloud import estimate_normals as open3d_normals
 
     cloud = _real_cloud("7scenes frame 0")
     pts = cloud.points
     ours = normals_cpu(pts, 0.1)
-    ref = open3d_normals(pts, 0.1)
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts.astype(np.float64)))
+    pcd.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=0.1, max_nn=30))
+    ref = np.asarray(pcd.normals, np.float32)
+    ref[(ref * -pts).sum(1) < 0] *= -1  # facing the sensor at the origin
     ok = np.isfinite(ours).all(1)
     assert ok.mean() > 0.999
     cos = (ours[ok] * ref[ok]).sum(1)
