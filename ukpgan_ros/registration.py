@@ -128,20 +128,18 @@ def ransac_from_correspondences(
     seed: int | None = 0,
     edge_similarity: float = 0.9,
 ) -> tuple[np.ndarray, int]:
-    """Robust rigid fit to putative matches (Open3D RANSAC, 3-point samples, edge-length and
-    distance pre-checks). Returns (T with p_tgt = T @ p_src, number of inlier matches)."""
+    """Robust rigid fit to putative matches: 3-point samples with Open3D's edge-length and
+    distance pre-checks, adaptive stopping at ``confidence``, a least-squares fit on the best
+    hypothesis' inliers (compiled, :mod:`ukpgan_ros._ransac_kernel`: ~100x faster than Open3D's
+    RANSAC here, and the same seed gives the same result in every process). Returns (T with
+    p_tgt = T @ p_src, number of inlier matches)."""
     if len(corr) < 3:
         return np.eye(4), 0
-    if seed is not None:
-        o3d.utility.random.seed(int(seed))
-    res = _reg.registration_ransac_based_on_correspondence(
-        to_legacy(src_xyz), to_legacy(tgt_xyz), o3d.utility.Vector2iVector(corr.astype(np.int32)), distance,
-        _reg.TransformationEstimationPointToPoint(False), 3,
-        [_reg.CorrespondenceCheckerBasedOnEdgeLength(edge_similarity),
-         _reg.CorrespondenceCheckerBasedOnDistance(distance)],
-        _reg.RANSACConvergenceCriteria(int(max_iterations), float(confidence)),
-    )
-    T = np.asarray(res.transformation, np.float64)
+    from ukpgan_ros._ransac_kernel import ransac_rigid
+
+    corr = np.asarray(corr, np.int64)
+    T, _ = ransac_rigid(src_xyz[corr[:, 0]], tgt_xyz[corr[:, 1]], distance, max_iterations, confidence,
+                        0 if seed is None else seed, edge_similarity)
     return T, count_inliers(src_xyz, tgt_xyz, corr, T, distance)
 
 

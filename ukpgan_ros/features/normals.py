@@ -1,7 +1,7 @@
 """Surface normals: one module, two variants named for what they run on.
 
-* :func:`estimate_normals` — NumPy in, Open3D's hybrid radius/k-NN PCA, oriented towards the
-  sensor: what the pipeline's working cloud uses.
+* :func:`estimate_normals` — NumPy in, Open3D's hybrid radius/k-NN PCA semantics (compiled),
+  oriented towards the sensor: what the pipeline's working cloud uses.
 * :func:`estimate_normals_torch` — torch tensors on any device, PCL ``NormalEstimation``
   semantics (radius or exact k nearest), batched over many small clouds: what training and
   SHOT without given normals use.
@@ -13,7 +13,6 @@ import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
-import open3d as o3d
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -27,22 +26,22 @@ def estimate_normals(
     max_nn: int = 30,
     viewpoint: np.ndarray | None = (0.0, 0.0, 0.0),
 ) -> np.ndarray:
-    """Unit normals from a hybrid radius/kNN PCA (Open3D), flipped to face ``viewpoint``.
+    """Unit normals from a hybrid radius/k-NN PCA (Open3D's semantics: the ``max_nn`` nearest
+    points within ``radius``), flipped to face ``viewpoint``; compiled
+    (:func:`~ukpgan_ros.features.shot_cpu.normals_cpu`, 2-3x faster than Open3D, which the tests
+    compare it with).
 
     Depth sensors see surfaces from their origin, so orienting towards it makes normals (and
-    everything built on them: FPFH, SHOT's cosine bins) consistent between frames. Pass
-    ``viewpoint=None`` to leave the PCA's arbitrary sign.
+    everything built on them: FPFH, SHOT's cosine bins) consistent between frames.
+    ``viewpoint=None`` means the caller does not care about the sign (it is then the one facing
+    the origin). Points with fewer than 3 neighbours get (0, 0, 1).
     """
-    if len(points) == 0:
+    from ukpgan_ros.features.shot_cpu import normals_cpu
+
+    pts = np.ascontiguousarray(points, dtype=np.float32)
+    if len(pts) == 0:
         return np.zeros((0, 3), np.float32)
-    pcd = o3d.t.geometry.PointCloud(o3d.core.Tensor(np.ascontiguousarray(points, dtype=np.float32)))
-    pcd.estimate_normals(max_nn=int(max_nn), radius=float(radius))
-    # A copy: a view would keep Open3D memory alive past its allocator at interpreter exit.
-    normals = np.array(pcd.point.normals.numpy(), dtype=np.float32)
-    if viewpoint is not None:
-        to_view = np.asarray(viewpoint, np.float32)[None, :] - points
-        flip = np.einsum("ij,ij->i", normals, to_view) < 0
-        normals[flip] *= -1.0
+    normals = normals_cpu(pts, radius, (0.0, 0.0, 0.0) if viewpoint is None else viewpoint, max_nn=int(max_nn))
     bad = ~np.isfinite(normals).all(axis=1)
     if bad.any():
         normals[bad] = (0.0, 0.0, 1.0)
