@@ -1,5 +1,6 @@
 """The ukpgan_detector lifecycle node as a real rclpy node on a real Fast DDS graph: lifecycle
-services, cloud and depth input, outputs, malformed input, QoS matching, SIGINT shutdown."""
+services, cloud and depth input, outputs, malformed input, QoS matching, SIGINT shutdown, and
+the tracking services (reset, initialpose, save_map), odometry and loss on /diagnostics."""
 
 from __future__ import annotations
 
@@ -17,20 +18,23 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from geometry_msgs.msg import PoseStamped, TransformStamped  # noqa: E402
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from nav_msgs.msg import Odometry  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from ukpgan_ros.pointcloud2 import pointcloud2_fields  # noqa: E402
 from ukpgan_ros.ros.cloud_msgs import camera_info_msg, depth_to_image_msg, xyz_to_pointcloud2  # noqa: E402
 from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error  # noqa: E402
 from ukpgan_ros.ros.detector_node import UkpganDetectorNode  # noqa: E402
+from ukpgan_ros.ros.messages import pose_stamped_to_matrix  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAIN = 58
@@ -55,14 +59,17 @@ class Harness:
         self.node = UkpganDetectorNode(name, context=self.ctx,
                                        parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
         self.probe = rclpy.create_node("probe", context=self.ctx)
-        self.got: dict[str, list] = {"keypoints": [], "transform": [], "pose": [], "diagnostics": [], "markers": []}
+        self.got: dict[str, list] = {"keypoints": [], "transform": [], "pose": [], "diagnostics": [], "markers": [],
+                                     "odometry": []}
         base = f"/{name}"
         for key, typ, topic in (("keypoints", PointCloud2, f"{base}/keypoints"), ("transform", TransformStamped, f"{base}/transform"),
                                 ("pose", PoseStamped, f"{base}/pose"), ("diagnostics", DiagnosticArray, "/diagnostics"),
-                                ("markers", MarkerArray, f"{base}/markers")):
+                                ("markers", MarkerArray, f"{base}/markers"), ("odometry", Odometry, f"{base}/odometry")):
             self.probe.create_subscription(typ, topic, self.got[key].append, 50)
         self.change = self.probe.create_client(ChangeState, f"{base}/change_state")
         self.get_state = self.probe.create_client(GetState, f"{base}/get_state")
+        self.services = {k: self.probe.create_client(Trigger, f"{base}/{k}") for k in ("reset", "save_map")}
+        self.initialpose = self.probe.create_publisher(PoseWithCovarianceStamped, "/initialpose", 10)
         self.executor = MultiThreadedExecutor(num_threads=3, context=self.ctx)
         self.executor.add_node(self.node)
         self.executor.add_node(self.probe)
@@ -77,6 +84,11 @@ class Harness:
     def transition(self, tid: int) -> bool:
         fut = self.change.call_async(ChangeState.Request(transition=Transition(id=tid)))
         return self._wait(fut).success
+
+    def call(self, service: str, timeout: float = 60.0) -> Trigger.Response:
+        client = self.services[service]
+        assert client.wait_for_service(timeout_sec=10), f"~/{service} is not offered"
+        return self._wait(client.call_async(Trigger.Request()), timeout)
 
     def state(self) -> int:
         return self._wait(self.get_state.call_async(GetState.Request())).current_state.id
@@ -169,9 +181,9 @@ def test_clouds_in_keypoints_transforms_pose_and_diagnostics_out(harness_factory
     assert len(markers[-1].markers[1].points) == 128 and markers[-1].markers[1].header.frame_id == "cam"
 
     tfs = h.wait("transform", 2)
-    poses = h.wait("pose", 2)
-    assert len(tfs) == 2 and len(poses) == 2
-    assert poses[-1].header.frame_id == "odom"
+    poses = h.wait("pose", 3)
+    assert len(tfs) == 2 and len(poses) == 3, "the first frame is placed at the origin, with no motion"
+    assert poses[-1].header.frame_id == "odom" and poses[0].pose.orientation.w == 1.0
     # The published relative motion is the ground truth's, within what 8 cm voxels allow.
     from ukpgan_ros.ros.messages import transform_stamped_to_matrix
 
@@ -354,3 +366,164 @@ def test_tf_odom_to_sensor_is_broadcast(harness_factory, frames):
         time.sleep(0.05)
     t = tf_msgs[-1].transforms[0]
     assert t.header.frame_id == "odom" and t.child_frame_id == "cam"
+
+
+# ---------------------------------------------------------------------------- tracking services
+
+TRACK = {**FAST, "voxel_size": 0.05, "max_keypoints": 128, "registration": "keyframe", "diagnostics_period": 0.2}
+
+
+def _feed(h: Harness, pub, frame, stamp: float, n: int) -> dict:
+    """Publish one cloud and wait until the node has taken it (processed, dropped or failed)."""
+    pub.publish(_cloud(frame, stamp))
+    return h.wait_processed(n)
+
+
+def _diag(h: Harness, key: str, value: str, timeout: float = 10.0) -> dict[str, str]:
+    """The newest /diagnostics values once ``key`` reads ``value`` (or the last seen)."""
+    deadline = time.monotonic() + timeout
+    values: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        if h.got["diagnostics"]:
+            st = h.got["diagnostics"][-1].status[0]
+            values = {kv.key: kv.value for kv in st.values}
+            values["_level"], values["_message"] = st.level, st.message
+            if values.get(key) == value:
+                break
+        time.sleep(0.05)
+    return values
+
+
+def _pose_msg(T: np.ndarray, frame_id: str = "odom") -> PoseWithCovarianceStamped:
+    from scipy.spatial.transform import Rotation
+
+    msg = PoseWithCovarianceStamped()
+    msg.header.frame_id = frame_id
+    p = msg.pose.pose
+    p.position.x, p.position.y, p.position.z = map(float, T[:3, 3])
+    p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = map(float, Rotation.from_matrix(T[:3, :3]).as_quat())
+    msg.pose.covariance = [float(v) for v in (np.eye(6) * 1e-4).ravel()]
+    return msg
+
+
+def _odom_matrix(msg: Odometry) -> np.ndarray:
+    from ukpgan_ros.ros.messages import pose_with_covariance_to_matrix
+
+    return pose_with_covariance_to_matrix(msg)[0]  # Odometry has .pose.pose and .pose.covariance too
+
+
+def test_reset_initialpose_save_map_and_odometry_through_real_services(harness_factory, frames, tmp_path):
+    from conftest import random_rigid
+    from ukpgan_ros.maps import load_map
+
+    h = harness_factory({**TRACK, "map_dir": str(tmp_path / "map")})
+    assert h.transition(Transition.TRANSITION_CONFIGURE)
+    # configured but inactive: the services answer
+    r = h.call("reset")
+    assert r.success and "forgotten" in r.message
+    r = h.call("save_map")
+    assert not r.success and "no keyframes" in r.message
+    assert h.transition(Transition.TRANSITION_ACTIVATE)
+    pub = h.publisher(PointCloud2, "/cloud_in")
+    time.sleep(0.5)
+    for i, f in enumerate(frames):
+        _feed(h, pub, f, 10.0 + i, i + 1)
+    odo = h.wait("odometry", 3)
+    assert len(odo) == 3 and odo[0].header.frame_id == "odom" and odo[0].child_frame_id == "cam"
+    cov = np.array(odo[-1].pose.covariance).reshape(6, 6)
+    assert np.allclose(np.array(odo[0].pose.covariance), 0.0), "the first frame is the origin, exactly"
+    assert np.all(np.linalg.eigvalsh(cov) > 0) and np.sqrt(cov[:3, :3].diagonal().max()) < 0.05
+    T_gt = np.linalg.inv(frames[0].pose) @ frames[2].pose
+    assert translation_error(_odom_matrix(odo[-1]), T_gt) < 0.03
+    values = _diag(h, "frames_processed", "3")
+    assert values["tracking"] == "tracking" and int(values["keyframes"]) >= 1
+
+    r = h.call("save_map")
+    assert r.success and str(tmp_path / "map") in r.message
+    kmap = load_map(tmp_path / "map")
+    assert len(kmap) >= 2 and kmap.meta["descriptor"] == "shot"  # the last frame is a keyframe too
+
+    # initialpose while tracking: the sensor (and the map) moves to M; the next frame follows from there
+    M = random_rigid(np.random.default_rng(0), max_angle_deg=60, max_t=2.0)
+    h.initialpose.publish(_pose_msg(M, frame_id="map"))  # wrong frame: refused, logged, nothing changes
+    time.sleep(0.5)
+    h.initialpose.publish(_pose_msg(M))
+    deadline = time.monotonic() + 10
+    while not np.allclose(h.node._pipeline.pose, M, atol=1e-6) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _feed(h, pub, frames[1], 20.0, 4)
+    odo = h.wait("odometry", 4)
+    T_expected = M @ np.linalg.inv(frames[2].pose) @ frames[1].pose
+    assert translation_error(_odom_matrix(odo[-1]), T_expected) < 0.03
+    assert rotation_error_deg(_odom_matrix(odo[-1]), T_expected) < 1.0
+
+    # reset: the trajectory starts again at the origin with the next frame
+    assert h.call("reset").success
+    _feed(h, pub, frames[2], 21.0, 5)
+    odo = h.wait("odometry", 5)
+    np.testing.assert_allclose(_odom_matrix(odo[-1]), np.eye(4), atol=1e-9)
+    poses = h.wait("pose", 5)
+    assert len(poses) == 5 and poses[-1].pose.position.x == 0.0
+
+    # after cleanup the services are gone; the node neither crashes nor answers stale calls
+    assert h.transition(Transition.TRANSITION_DEACTIVATE) and h.transition(Transition.TRANSITION_CLEANUP)
+    time.sleep(0.5)
+    assert not h.services["reset"].wait_for_service(timeout_sec=1.0)
+    assert h.transition(Transition.TRANSITION_CONFIGURE)
+    assert h.call("reset").success
+
+
+def test_loss_is_an_error_on_diagnostics_and_the_node_relocalises(harness_factory, frames):
+    h = harness_factory({**TRACK, "lost_after": 2})
+    assert h.transition(Transition.TRANSITION_CONFIGURE) and h.transition(Transition.TRANSITION_ACTIVATE)
+    pub = h.publisher(PointCloud2, "/cloud_in")
+    time.sleep(0.5)
+    _feed(h, pub, frames[0], 1.0, 1)
+    _feed(h, pub, frames[1], 2.0, 2)
+    assert len(h.wait("pose", 2)) == 2
+    noise = np.random.default_rng(3).uniform(-2, 2, (20000, 3)).astype(np.float32) + np.float32([0, 0, 3])
+    for k in range(2):
+        pub.publish(xyz_to_pointcloud2(noise, frame_id="cam", stamp=3.0 + k))
+        h.wait_processed(3 + k)
+    values = _diag(h, "tracking", "lost")
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    assert values["tracking"] == "lost" and values["_level"] == DiagnosticStatus.ERROR
+    assert values["_message"].startswith("lost")
+    assert len(h.got["pose"]) == 2 and len(h.got["odometry"]) == 2, "no pose while lost"
+    # the sensor comes back to where frame 0 was: relocalised against a stored keyframe
+    _feed(h, pub, frames[0], 6.0, 5)
+    assert len(h.wait("pose", 3)) == 3
+    np.testing.assert_allclose(pose_stamped_to_matrix(h.got["pose"][-1])[:3, 3], 0.0, atol=0.02)
+    values = _diag(h, "tracking", "tracking")
+    assert values["_level"] != DiagnosticStatus.ERROR and values["relocalizations"] == "1"
+
+
+def test_reference_mode_with_a_saved_map_and_bad_map_folders(harness_factory, frames, tmp_path):
+    from ukpgan_ros.config import PipelineConfig
+    from ukpgan_ros.pipeline import KeypointPipeline
+
+    cfg = {k: v for k, v in TRACK.items() if k != "diagnostics_period"}
+    pipe = KeypointPipeline(PipelineConfig.from_mapping(cfg))
+    for i, f in enumerate(frames):
+        pipe.process(f.points(), index=i)
+    pipe.save_map(tmp_path / "map")
+    pipe.release()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "map.json").write_text("{}")
+    h = harness_factory({**TRACK, "registration": "reference", "reference_cloud": str(tmp_path / "broken")})
+    assert not h.transition(Transition.TRANSITION_CONFIGURE)
+    assert h.state() == State.PRIMARY_STATE_UNCONFIGURED
+    assert h.node.set_parameters([Parameter("reference_cloud", value=str(tmp_path / "map"))])[0].successful
+    assert h.transition(Transition.TRANSITION_CONFIGURE) and h.transition(Transition.TRANSITION_ACTIVATE)
+    pub = h.publisher(PointCloud2, "/cloud_in")
+    time.sleep(0.5)
+    _feed(h, pub, frames[2], 1.0, 1)
+    poses = h.wait("pose", 1)
+    T_gt = np.linalg.inv(frames[0].pose) @ frames[2].pose
+    assert len(poses) == 1 and translation_error(pose_stamped_to_matrix(poses[0]), T_gt) < 0.03
+    tfs = h.wait("transform", 1)
+    assert tfs[0].header.frame_id == "odom"
+    h.initialpose.publish(_pose_msg(np.eye(4)))  # nothing to set in reference mode: logged, no crash
+    time.sleep(0.3)
+    assert h.state() == State.PRIMARY_STATE_ACTIVE

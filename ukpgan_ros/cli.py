@@ -1,4 +1,4 @@
-"""The ``ukpgan`` command: detect, register, demo, train, eval.
+"""The ``ukpgan`` command: detect, register, demo, map, train, eval.
 
 Each subcommand parses its flags, builds a PipelineConfig (the same fields the ROS node
 declares) and calls the core; ``demo`` runs the real lifecycle node in-process.
@@ -116,6 +116,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args, _config(args))
 
 
+def cmd_map(args: argparse.Namespace) -> int:
+    """Track a recorded sequence in keyframe mode and save its keyframes as a map folder."""
+    from ukpgan_ros.datasets import open_sequence
+    from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error
+    from ukpgan_ros.pipeline import KeypointPipeline
+
+    cfg = _config(args, registration="keyframe")
+    seq = open_sequence(args.data)
+    start = max(0, args.start)
+    end = len(seq) if args.frames <= 0 else min(len(seq), start + args.frames)
+    indices = list(range(start, end, max(1, args.stride)))
+    if not indices:
+        raise ValueError(f"no frames to map: start {start} of {len(seq)}")
+    pipe = KeypointPipeline(cfg)
+    print(f"map: {getattr(seq, 'name', args.data)} frames {start}-{end - 1} every {max(1, args.stride)}th "
+          f"({len(indices)} frames), {cfg.detector} + {cfg.descriptor}, voxel {cfg.voxel_size} m")
+    first_gt, placed, last = None, 0, None
+    t0 = time.perf_counter()
+    for i in indices:
+        frame = seq[i]
+        try:
+            res = pipe.process(frame.points(), stamp=frame.stamp, index=i)
+        except ValueError as e:
+            print(f"{i:>6} unusable: {e}")
+            continue
+        step = res.tracking
+        line = f"{i:>6} {step.state.value:>10} keyframe {step.keyframe_id!s:>4}{' new' if step.new_keyframe else '    '}"
+        if frame.pose is not None:
+            first_gt = frame.pose if first_gt is None else first_gt
+        if step.placed:
+            placed += 1
+            if frame.pose is not None:
+                gt = np.linalg.inv(first_gt) @ frame.pose
+                last = (rotation_error_deg(res.pose, gt), translation_error(res.pose, gt))
+                line += f"  pose vs GT {last[0]:.2f} deg {100 * last[1]:.2f} cm"
+        if step.message:
+            line += f"  {step.message}"
+        print(line, flush=True)
+    folder, count = pipe.save_map(args.out)
+    print(f"placed {placed}/{len(indices)} frames in {time.perf_counter() - t0:.0f} s; {count} keyframes written to {folder}"
+          + (f"; last pose off ground truth by {last[0]:.2f} deg, {100 * last[1]:.2f} cm" if last else ""))
+    pipe.release()
+    return 0 if placed == len(indices) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ukpgan", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -140,12 +185,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the node and a player on a depth stream and score it")
     p.add_argument("--data", default="synthetic", help="'synthetic' (default) or a 7-Scenes/TUM folder")
     p.add_argument("--frames", type=int, default=0, help="frames of the sequence to cover (0: all)")
+    p.add_argument("--start", type=int, default=0, help="first frame covered")
     p.add_argument("--stride", type=int, default=1, help="publish every k-th frame")
+    p.add_argument("--jump", type=int, default=0,
+                   help="skip the K frames that follow the middle of the covered ones, once (a kidnapped sensor)")
+    p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
+                   help="in an odometry mode, also run the other one (keyframe / consecutive) and compare drift")
     p.add_argument("--input", choices=("cloud", "depth"), default="cloud", help="publish clouds or depth images")
     p.add_argument("--out", default="out/demo", help="folder for the trajectory plot and CSV")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one frame's result")
     _add_pipeline_flags(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("map", help="track a sequence with keyframes and save them as a map folder")
+    p.add_argument("--data", default="synthetic", help="'synthetic' or a 7-Scenes/TUM folder")
+    p.add_argument("--start", type=int, default=0, help="first frame")
+    p.add_argument("--frames", type=int, default=0, help="frames to cover from --start (0: to the end)")
+    p.add_argument("--stride", type=int, default=1, help="use every k-th frame")
+    p.add_argument("--out", default="out/map", help="map folder to write (an existing map there is replaced)")
+    _add_pipeline_flags(p, registration="keyframe")
+    p.set_defaults(func=cmd_map)
 
     for name, module, help_text in (
         ("train", "ukpgan_ros.model.train", "train the UKPGAN detector (self-supervised)"),

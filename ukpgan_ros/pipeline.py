@@ -201,6 +201,8 @@ class KeypointPipeline:
                                  "use registration: keyframe to build a map")
         if len(kmap) == 0:
             raise MapFormatError("no keyframes yet: process some frames first")
+        if isinstance(self.tracker, KeyframeTracker):
+            self.tracker.keyframe_last()
         folder = Path(folder if folder is not None else self._cfg.map_dir)
         return save_map(kmap, folder), len(kmap)
 

@@ -291,6 +291,16 @@ class KeyframeTracker:
     def current_keyframe(self) -> Keyframe | None:
         return self._current
 
+    def keyframe_last(self) -> Keyframe | None:
+        """Make the last placed frame a keyframe if it is not one (a map should end where the
+        sensor stopped); tracking continues against the current keyframe."""
+        last = self._last
+        if last is None or last.keyframe_id is not None:
+            return None
+        kf = self._add_keyframe(last.pose, last.features, last.covariance, last.stamp, last.index)
+        self._last = replace(last, keyframe_id=kf.id)
+        return kf
+
     def set_policies(self, policy: KeyframePolicy, reloc: RelocalizationPolicy, max_keyframes: int) -> None:
         """Apply changed thresholds (live parameters) from the next frame on."""
         self.policy, self.reloc = policy, reloc

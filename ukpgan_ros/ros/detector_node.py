@@ -1,5 +1,9 @@
-"""The ``ukpgan_detector`` lifecycle node: a thin shell that wires topics, parameters and
-lifecycle around :class:`ukpgan_ros.pipeline.KeypointPipeline`.
+"""The ``ukpgan_detector`` lifecycle node: a thin shell that wires topics, services, parameters
+and lifecycle around :class:`ukpgan_ros.pipeline.KeypointPipeline`.
+
+Services (created in on_configure, destroyed in on_cleanup; answered in the inactive and active
+states): ``~/reset`` and ``~/save_map`` (std_srvs/Trigger); the sensor is placed with a
+``geometry_msgs/PoseWithCovarianceStamped`` on ``initialpose`` (what RViz publishes).
 
 Threading: subscription callbacks only park the newest message in a one-slot mailbox (a frame
 that is replaced before it was processed counts as dropped); a worker thread converts and
@@ -16,7 +20,8 @@ from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PoseStamped, TransformStamped
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
+from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -25,20 +30,22 @@ try:  # Iron and newer
 except ImportError:  # Humble
     from rclpy.qos_event import SubscriptionEventCallbacks
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from ukpgan_ros.config import PipelineConfig, StreamConfig
 from ukpgan_ros.pointcloud2 import CloudFormatError, depth_msgs_to_points, pointcloud2_to_xyz
 from ukpgan_ros.ros.cloud_msgs import xyz_to_pointcloud2
 from ukpgan_ros.ros.diagnostics import FrameStats, diagnostic_array
-from ukpgan_ros.ros.messages import keypoint_markers, matrix_to_pose_stamped, matrix_to_transform_stamped
+from ukpgan_ros.ros.messages import (keypoint_markers, matrix_to_pose_stamped, matrix_to_transform_stamped,
+                                     odometry_msg, pose_with_covariance_to_matrix)
 from ukpgan_ros.ros.parameters import check_update, declare_parameters, live_update, read_configs
 
 __all__ = ["UkpganDetectorNode", "main"]
 
 
 class UkpganDetectorNode(LifecycleNode):
-    """Depth stream in; keypoints, markers, transforms, poses, TF and diagnostics out."""
+    """Depth stream in; keypoints, markers, transforms, poses, odometry, TF and diagnostics out."""
 
     def __init__(self, node_name: str = "ukpgan_detector", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
@@ -52,6 +59,8 @@ class UkpganDetectorNode(LifecycleNode):
         self._tf = None
         self._subs: list[Any] = []
         self._diag_timer = None
+        self._track_services: list[Any] = []
+        self._initialpose_sub = None
         self._camera_info: CameraInfo | None = None
         self._mailbox: tuple[str, Any, float] | None = None
         self._cond = threading.Condition()
@@ -95,7 +104,12 @@ class UkpganDetectorNode(LifecycleNode):
             "markers": self.create_lifecycle_publisher(MarkerArray, "~/markers", 5),
             "transform": self.create_lifecycle_publisher(TransformStamped, "~/transform", 10),
             "pose": self.create_lifecycle_publisher(PoseStamped, "~/pose", 10),
+            "odometry": self.create_lifecycle_publisher(Odometry, "~/odometry", 10),
         }
+        self._track_services = [self.create_service(Trigger, "~/reset", self._on_reset),
+                          self.create_service(Trigger, "~/save_map", self._on_save_map)]
+        self._initialpose_sub = self.create_subscription(PoseWithCovarianceStamped, "initialpose",
+                                                         self._on_initialpose, 10)
         self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
         self._tf = None
         if cfg.publish_tf:
@@ -165,6 +179,12 @@ class UkpganDetectorNode(LifecycleNode):
             self._worker = None
 
     def _release_all(self) -> None:
+        for srv in self._track_services:
+            self.destroy_service(srv)
+        self._track_services = []
+        if self._initialpose_sub is not None:
+            self.destroy_subscription(self._initialpose_sub)
+            self._initialpose_sub = None
         for pub in self._pubs.values():
             self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
@@ -177,6 +197,68 @@ class UkpganDetectorNode(LifecycleNode):
                 self._pipeline.release()
             self._pipeline = None
         self._camera_info = None
+
+    # ------------------------------------------------------------------ services
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """Forget the trajectory and the keyframes; keep the model (and a reference map)."""
+        with self._lock:
+            pipeline = self._pipeline
+            if pipeline is not None:
+                pipeline.reset()
+                self._stats.tracking = pipeline.state.value if pipeline.state is not None else ""
+                self._stats.keyframes = 0 if pipeline.tracker is None or pipeline.tracker.map is None \
+                    else len(pipeline.tracker.map)
+        if pipeline is None:
+            return self._refuse(response, "reset")
+        self._stats.last_message = ""
+        response.success, response.message = True, "trajectory and keyframes forgotten; the model stays loaded"
+        self.get_logger().info(f"reset: {response.message}")
+        return response
+
+    def _on_save_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """Write the keyframes to ``map_dir`` (format: ukpgan_ros/maps.py)."""
+        with self._lock:
+            pipeline = self._pipeline
+            if pipeline is None:
+                return self._refuse(response, "save_map")
+            try:
+                folder, count = pipeline.save_map()
+            except (ValueError, OSError) as e:  # MapFormatError is a ValueError
+                response.success, response.message = False, f"save_map failed: {e}"
+                self.get_logger().error(response.message)
+                return response
+        response.success, response.message = True, f"{count} keyframes written to {folder}"
+        self.get_logger().info(f"save_map: {response.message}")
+        return response
+
+    def _refuse(self, response, what: str):
+        """A service called in a lifecycle state without a pipeline: a clear failure, nothing changed."""
+        state = self._state_machine.current_state[1] if hasattr(self, "_state_machine") else "unconfigured"
+        response.success = False
+        response.message = f"{what} refused: the node is {state}; configure it first"
+        self.get_logger().warning(response.message)
+        return response
+
+    def _on_initialpose(self, msg: PoseWithCovarianceStamped) -> None:
+        """Place the sensor at the given pose in odom_frame (as RViz's "2D Pose Estimate" sends it)."""
+        with self._lock:
+            pipeline, cfg = self._pipeline, self._cfg
+            if pipeline is None or cfg is None:
+                self.get_logger().warning("initialpose ignored: the node is not configured")
+                return
+            frame = msg.header.frame_id
+            if frame and frame != cfg.odom_frame:
+                self.get_logger().error(f"initialpose ignored: it is in frame '{frame}', the node's poses are in "
+                                        f"odom_frame '{cfg.odom_frame}' (no TF lookup is made)")
+                return
+            try:
+                T, cov = pose_with_covariance_to_matrix(msg)
+                text = pipeline.set_pose(T, cov)
+            except ValueError as e:
+                self.get_logger().error(f"initialpose ignored: {e}")
+                return
+        x, y, z = T[:3, 3]
+        self.get_logger().info(f"initialpose: sensor at ({x:.3f}, {y:.3f}, {z:.3f}) m in {cfg.odom_frame}; {text}")
 
     # ------------------------------------------------------------------ subscriptions
     def _choose_reliability(self, topic: str) -> ReliabilityPolicy:
@@ -266,8 +348,11 @@ class UkpganDetectorNode(LifecycleNode):
             with self._lock:
                 if self._pipeline is None:
                     return
-                result = self._pipeline.process(points)
+                stamp = float(header.stamp.sec) + 1e-9 * float(header.stamp.nanosec)
+                result = self._pipeline.process(points, stamp=stamp)
                 cfg = self._cfg
+                tracker = self._pipeline.tracker
+                keyframes = len(tracker.map) if tracker is not None and tracker.map is not None else 0
         except (CloudFormatError, ValueError) as e:
             self._stats.malformed += 1
             self._stats.last_message = f"dropped frame: {e}"
@@ -288,33 +373,47 @@ class UkpganDetectorNode(LifecycleNode):
             "working_points": float(result.working_points),
             "keypoints": float(len(result.keypoints)),
         })
-        reg = result.registration
+        reg, step = result.registration, result.tracking
         if reg is not None:
             st.last.update({"fitness": reg.fitness, "inlier_rmse_m": reg.inlier_rmse,
                             "inliers": float(reg.num_inliers), "correspondences": float(reg.num_correspondences)})
-            if not reg.success:
-                st.failed_registrations += 1
-                st.last_message = f"registration failed: {reg.message}"
-                self.get_logger().warning(st.last_message, throttle_duration_sec=2.0)
-            else:
+        if step is not None:
+            st.tracking, st.keyframes = step.state.value, keyframes
+            if step.placed:
+                st.last["position_sd_m"] = float(np.sqrt(max(0.0, np.max(np.diag(step.covariance)[:3]))))
                 st.last_message = ""
+                if step.relocalized:
+                    st.relocalizations += 1
+                    x, y, z = result.pose[:3, 3]
+                    self.get_logger().info(f"{step.message}; sensor at ({x:.3f}, {y:.3f}, {z:.3f}) m in {cfg.odom_frame}")
+            else:
+                st.failed_registrations += 1
+                st.last_message = f"registration failed: {step.message}"
+                if step.state.value == "lost":  # rclpy: one severity per throttled call site
+                    self.get_logger().error(f"lost: {st.last_message}", throttle_duration_sec=2.0)
+                else:
+                    self.get_logger().warning(st.last_message, throttle_duration_sec=2.0)
         st.processed += 1  # last: readers of the counters see a finished frame
 
     def _publish(self, result, header, cfg: PipelineConfig) -> None:
         kps = result.keypoints
         self._pubs["keypoints"].publish(xyz_to_pointcloud2(kps.xyz, header, {"saliency": kps.scores}))
         self._pubs["markers"].publish(keypoint_markers(kps, header, scale=max(0.02, 0.6 * cfg.voxel_size)))
-        reg = result.registration
-        if reg is None or not reg.success:
-            return
+        step = result.tracking
+        if step is None or not step.placed:
+            return  # a frame without a pose publishes no transform, pose, odometry or TF
         sensor = header.frame_id
-        tf_msg = matrix_to_transform_stamped(reg.T_tgt_from_src, header, sensor)
-        if cfg.registration == "reference":
-            tf_msg.header.frame_id = cfg.odom_frame
-        self._pubs["transform"].publish(tf_msg)
+        # ~/transform: the motion since the last placed frame (odometry modes), or map_from_sensor
+        T = result.pose if cfg.registration == "reference" else step.motion
+        if T is not None:
+            tf_msg = matrix_to_transform_stamped(T, header, sensor)
+            if cfg.registration == "reference":
+                tf_msg.header.frame_id = cfg.odom_frame
+            self._pubs["transform"].publish(tf_msg)
         pose = matrix_to_pose_stamped(result.pose, header)
         pose.header.frame_id = cfg.odom_frame
         self._pubs["pose"].publish(pose)
+        self._pubs["odometry"].publish(odometry_msg(result.pose, step.covariance, header, cfg.odom_frame, sensor))
         if self._tf is not None and cfg.publish_tf and sensor and sensor != cfg.odom_frame:
             odom_tf = matrix_to_transform_stamped(result.pose, header, sensor)
             odom_tf.header.frame_id = cfg.odom_frame

@@ -19,8 +19,11 @@ class FrameStats:
     processed: int = 0
     dropped: int = 0  # replaced in the mailbox before the worker took them
     malformed: int = 0  # unparsable or unusable input (logged, skipped)
-    failed_registrations: int = 0
+    failed_registrations: int = 0  # frames that got no pose (registration and relocalisation failed)
     errors: int = 0  # unexpected exceptions in processing (logged with traceback)
+    tracking: str = ""  # the tracker's state: initializing, tracking, failing, lost ("" in mode none)
+    relocalizations: int = 0  # frames placed by relocalisation after a failure
+    keyframes: int = 0
     last: dict[str, float] = field(default_factory=dict)
     last_message: str = ""
     started: float = field(default_factory=time.monotonic)
@@ -29,15 +32,20 @@ class FrameStats:
         """The counters and last values as a dict (tests, the demo summary)."""
         return {"received": self.received, "processed": self.processed, "dropped": self.dropped,
                 "malformed": self.malformed, "failed": self.failed_registrations, "errors": self.errors,
+                "tracking": self.tracking, "relocalizations": self.relocalizations, "keyframes": self.keyframes,
                 **self.last}
 
 
 def diagnostic_array(st: FrameStats, name: str, hardware_id: str, reliability: str, stamp) -> DiagnosticArray:
-    """One DiagnosticStatus: ERROR after processing errors, WARN with the last drop or failed
-    registration (or before the first frame), else OK; the counters and last timings as values."""
+    """One DiagnosticStatus: ERROR after processing errors or while tracking is lost ("lost"),
+    WARN with the last drop or failed registration (or before the first frame), else OK; the
+    counters and last timings as values."""
     status = DiagnosticStatus(name=name, hardware_id=hardware_id)
     if st.errors:
         status.level, status.message = DiagnosticStatus.ERROR, st.last_message or "processing errors"
+    elif st.tracking == "lost":
+        status.level = DiagnosticStatus.ERROR
+        status.message = "lost" + (f": {st.last_message}" if st.last_message else "")
     elif st.last_message:
         status.level, status.message = DiagnosticStatus.WARN, st.last_message
     elif st.processed == 0:
@@ -49,6 +57,7 @@ def diagnostic_array(st: FrameStats, name: str, hardware_id: str, reliability: s
         "frames_received": st.received, "frames_processed": st.processed, "frames_dropped": st.dropped,
         "frames_malformed": st.malformed, "registrations_failed": st.failed_registrations,
         "errors": st.errors, "rate_hz": st.processed / elapsed, "reliability": reliability,
+        "tracking": st.tracking, "relocalizations": st.relocalizations, "keyframes": st.keyframes,
     }
     values.update(st.last)
     status.values = [KeyValue(key=k, value=f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in values.items()]

@@ -1,4 +1,5 @@
-"""Keypoints and 4x4 transforms -> ROS messages (RViz markers, TransformStamped, PoseStamped).
+"""Keypoints and 4x4 transforms -> ROS messages (RViz markers, TransformStamped, PoseStamped,
+Odometry) and back.
 
 Imports ROS message packages but not rclpy, so it can build messages in tests and tools
 without a running graph.
@@ -11,7 +12,8 @@ from typing import Any
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
-from geometry_msgs.msg import Point, PoseStamped, TransformStamped
+from geometry_msgs.msg import Point, PoseStamped, PoseWithCovarianceStamped, TransformStamped
+from nav_msgs.msg import Odometry
 from scipy.spatial.transform import Rotation
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
@@ -26,6 +28,9 @@ __all__ = [
     "matrix_to_pose_stamped",
     "transform_stamped_to_matrix",
     "pose_stamped_to_matrix",
+    "odometry_msg",
+    "pose_with_covariance_to_matrix",
+    "UNKNOWN_TWIST_VARIANCE",
     "stamp_to_seconds",
     "seconds_to_stamp",
 ]
@@ -144,3 +149,41 @@ def transform_stamped_to_matrix(msg: TransformStamped) -> np.ndarray:
 def pose_stamped_to_matrix(msg: PoseStamped) -> np.ndarray:
     """The 4x4 placing the pose's frame in ``msg.header.frame_id``."""
     return _matrix(msg.pose.position, msg.pose.orientation)
+
+
+UNKNOWN_TWIST_VARIANCE = 1e6  # the odometry's twist is not estimated: consumers should not fuse it
+
+
+def odometry_msg(T: np.ndarray, covariance: np.ndarray, header: Header, frame_id: str, child_frame_id: str) -> Odometry:
+    """An Odometry placing ``child_frame_id`` at ``T`` in ``frame_id`` with the 6x6 pose
+    ``covariance`` (x, y, z, rx, ry, rz in ``frame_id``). The twist is not estimated: zero, with
+    variance UNKNOWN_TWIST_VARIANCE on the diagonal."""
+    t, q = _split_matrix(T)
+    cov = np.asarray(covariance, np.float64)
+    if cov.shape != (6, 6) or not np.isfinite(cov).all():
+        raise ValueError(f"expected a finite 6x6 covariance, got shape {cov.shape}")
+    msg = Odometry(header=_copy_header(header), child_frame_id=child_frame_id)
+    msg.header.frame_id = frame_id
+    p = msg.pose.pose
+    p.position.x, p.position.y, p.position.z = map(float, t)
+    p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = map(float, q)
+    msg.pose.covariance = [float(v) for v in (0.5 * (cov + cov.T)).ravel()]
+    msg.twist.covariance = [float(v) for v in (np.eye(6) * UNKNOWN_TWIST_VARIANCE).ravel()]
+    return msg
+
+
+def pose_with_covariance_to_matrix(msg: PoseWithCovarianceStamped) -> tuple[np.ndarray, np.ndarray]:
+    """(4x4 pose in ``msg.header.frame_id``, 6x6 covariance) of a PoseWithCovarianceStamped
+    (what RViz's "2D Pose Estimate" publishes on ``initialpose``); ValueError if it is not finite."""
+    p = msg.pose.pose
+    q = np.array([p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w], np.float64)
+    norm = float(np.linalg.norm(q))
+    if not np.isfinite(q).all() or norm < 1e-6:
+        raise ValueError("the pose's orientation is not a usable quaternion")
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_quat(q / norm).as_matrix()
+    T[:3, 3] = (p.position.x, p.position.y, p.position.z)
+    cov = np.asarray(msg.pose.covariance, np.float64).reshape(6, 6)
+    if not (np.isfinite(T).all() and np.isfinite(cov).all()):
+        raise ValueError("the pose or its covariance is not finite")
+    return T, cov
