@@ -79,3 +79,38 @@ def test_demo_with_depth_image_input(tmp_path, capsys):
     rc = main(["demo", "--frames", "8", "--stride", "4", "--input", "depth", "--detector", "fps", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0 and "processed 2" in out, out
+
+
+def test_demo_jump_reports_recovery_and_compares_both_odometry_modes(tmp_path, capsys):
+    rc = main(["demo", "--frames", "40", "--stride", "4", "--jump", "12", "--detector", "fps", "--max-keypoints", "128",
+               "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "frames 20-31 skipped" in out
+    m = re.search(r"jump: placed again at frame (\d+), published frame (\d+) after the jump", out)
+    assert m and m.group(1) == "32" and int(m.group(2)) <= 5, out
+    assert re.search(r"jump: motion across it \(16 -> 32\) off the true one by [\d.]+ deg, [\d.]+ cm", out), out
+    assert "summary (keyframe)" in out and "summary (consecutive)" in out
+    assert re.search(r"keyframe drift / frame-to-frame drift = [\d.]+", out), out
+    assert (tmp_path / "consecutive" / "frames.csv").exists()
+
+
+def test_map_command_then_reference_demo_against_the_map(tmp_path, capsys):
+    folder = tmp_path / "map"
+    rc = main(["map", "--frames", "16", "--stride", "4", "--detector", "fps", "--max-keypoints", "128",
+               "--out", str(folder)])
+    out = capsys.readouterr().out
+    assert rc == 0 and (folder / "map.json").is_file() and "keyframes written to" in out, out
+    rc = main(["demo", "--start", "4", "--frames", "12", "--stride", "4", "--detector", "fps", "--max-keypoints", "128",
+               "--registration", "reference", "--reference-cloud", str(folder), "--out", str(tmp_path / "ref")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "localised 3 of 3 frames (100 %)" in out and "pose error against ground truth in the map frame" in out
+    assert "summary (consecutive)" not in out, "reference mode is not an odometry mode: nothing to compare"
+
+
+def test_map_command_refuses_to_overwrite_a_foreign_folder(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    rc = main(["map", "--frames", "8", "--stride", "4", "--detector", "fps", "--out", str(tmp_path)])
+    assert rc == 2 and "refusing to overwrite" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -120,9 +120,11 @@ def cmd_map(args: argparse.Namespace) -> int:
     """Track a recorded sequence in keyframe mode and save its keyframes as a map folder."""
     from ukpgan_ros.datasets import open_sequence
     from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error
+    from ukpgan_ros.maps import check_map_destination
     from ukpgan_ros.pipeline import KeypointPipeline
 
     cfg = _config(args, registration="keyframe")
+    check_map_destination(args.out)  # before the work, not after it
     seq = open_sequence(args.data)
     start = max(0, args.start)
     end = len(seq) if args.frames <= 0 else min(len(seq), start + args.frames)

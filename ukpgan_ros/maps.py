@@ -39,7 +39,7 @@ from ukpgan_ros.detectors.base import Keypoints
 from ukpgan_ros.registration import FrameFeatures
 
 __all__ = ["Keyframe", "KeyframeMap", "MapFormatError", "MAP_FORMAT", "MAP_VERSION", "save_map", "load_map",
-           "adjoint", "rotation_angle_deg"]
+           "adjoint", "rotation_angle_deg", "check_map_destination"]
 
 MAP_FORMAT = "ukpgan_ros.keyframe_map"
 MAP_VERSION = 1
@@ -194,6 +194,15 @@ def adjoint(T: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- folder format
 
 
+def check_map_destination(folder: str | Path) -> Path:
+    """The resolved folder a map may be written to: absent, empty or an existing map (which is
+    replaced); MapFormatError for anything else, so nobody's files are overwritten."""
+    dest = Path(folder).expanduser().resolve()
+    if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not (dest / _INDEX).is_file())):
+        raise MapFormatError(f"{dest} exists and is not a map folder: refusing to overwrite it")
+    return dest
+
+
 def save_map(kmap: KeyframeMap, folder: str | Path, extra: dict | None = None) -> Path:
     """Write ``kmap`` to ``folder`` (format in the module docstring) and return its path.
 
@@ -202,9 +211,7 @@ def save_map(kmap: KeyframeMap, folder: str | Path, extra: dict | None = None) -
     """
     if len(kmap) == 0:
         raise MapFormatError("the map has no keyframes to save")
-    dest = Path(folder).expanduser().resolve()
-    if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not (dest / _INDEX).is_file())):
-        raise MapFormatError(f"{dest} exists and is not a map folder: refusing to overwrite it")
+    dest = check_map_destination(folder)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:

@@ -175,9 +175,11 @@ def _map_origin(cfg: PipelineConfig, seq) -> np.ndarray | None:
     return seq[int(index)].pose
 
 
-def _status(before: dict, after: dict, placed: bool) -> str:
+def _status(before: dict, after: dict, placed: bool, reference: bool) -> str:
     if not placed:
         return after.get("tracking") or "failed"
+    if reference:
+        return "localised"
     if after.get("relocalizations", 0) > before.get("relocalizations", 0):
         return "reloc"
     return "kf" if after.get("keyframes", 0) > before.get("keyframes", 0) else "ok"
@@ -217,7 +219,7 @@ def _play(args, cfg, seq, indices, skipped, player, det, inbox, out: Path) -> tu
         if got_pose and (reference or last_placed is not None):
             inbox.wait_for("transforms", stamp, args.timeout)
         pose = inbox.poses.get(stamp) if got_pose else None
-        status = _status(before, after, pose is not None)
+        status = _status(before, after, pose is not None, reference)
         row = {"frame": idx, "keypoints": inbox.keypoints[stamp], "latency_ms": 1e3 * latency, "status": status}
         line = f"{idx:>6} {row['keypoints']:>5} {row['latency_ms']:>7.0f}ms {status:>12}"
         ref_gt = last_placed[1] if last_placed is not None and not reference else prev_gt
@@ -264,6 +266,9 @@ def _play(args, cfg, seq, indices, skipped, player, det, inbox, out: Path) -> tu
     return (0 if ok else 1), summary
 
 
+_PLACED = ("ok", "kf", "reloc", "localised")
+
+
 def _report_jump(skipped, rep: dict, summary: dict) -> None:
     after = rep.get("after_frame")
     print(f"  jump: frames {skipped[0]}-{skipped[1] - 1} skipped (the sensor kidnapped after frame {after})")
@@ -293,7 +298,7 @@ def _summarise(args, cfg, rows, det, inbox, est, gt, first_gt, last_gt, out: Pat
     scored = [r for r in rows if "re_deg" in r]
     pairs = [r for r in rows if "gt_rot_deg" in r]
     stats = det.diagnostics_snapshot()
-    placed = [r for r in rows[1:] if r["status"] in ("ok", "kf", "reloc")]
+    placed = [r for r in rows[1:] if r["status"] in _PLACED]
     summary = {"mode": cfg.registration, "processed": stats["processed"], "errors": stats["errors"],
                "pairs": max(0, len(rows) - 1), "placed": len(placed)}
     print(f"\nsummary ({cfg.registration})")
@@ -304,7 +309,7 @@ def _summarise(args, cfg, rows, det, inbox, est, gt, first_gt, last_gt, out: Pat
     if lat:
         print(f"  latency publish->keypoints: median {np.median(lat):.0f} ms, max {np.max(lat):.0f} ms")
     if cfg.registration == "reference":
-        placed_all = [r for r in rows if r["status"] in ("ok", "kf", "reloc")]
+        placed_all = [r for r in rows if r["status"] in _PLACED]
         summary.update(placed=len(placed_all), pairs=len(rows))
         print(f"  localised {len(placed_all)} of {len(rows)} frames ({100 * len(placed_all) / max(len(rows), 1):.0f} %), "
               "each on its own against the map")
