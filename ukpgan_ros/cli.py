@@ -37,13 +37,13 @@ def _config(args: argparse.Namespace, **override) -> PipelineConfig:
     return PipelineConfig.from_mapping(values)
 
 
-def _load_points(path: str, intrinsics: str | None) -> np.ndarray:
+def _load_points(path: str, intrinsics: str | None, max_bytes: int) -> np.ndarray:
     """A cloud file, or a depth PNG back-projected with a 3x3 intrinsics file (looked up beside it)."""
     from ukpgan_ros.io import read_cloud
 
     p = Path(path)
     if p.suffix.lower() != ".png":
-        return read_cloud(p)
+        return read_cloud(p, max_bytes=max_bytes)
     from ukpgan_ros.depth import depth_to_metres, depth_to_points
     from ukpgan_ros.io import read_depth_png
 
@@ -59,7 +59,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from ukpgan_ros.pipeline import KeypointPipeline
 
     cfg = _config(args, registration="none")
-    pts = _load_points(args.file, args.intrinsics)
+    pts = _load_points(args.file, args.intrinsics, cfg.max_cloud_bytes)
     t0 = time.perf_counter()
     pipe = KeypointPipeline(cfg)
     load = time.perf_counter() - t0
@@ -91,7 +91,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     from ukpgan_ros.pipeline import register_clouds
 
     cfg = _config(args)
-    src, tgt = _load_points(args.source, args.intrinsics), _load_points(args.target, args.intrinsics)
+    src = _load_points(args.source, args.intrinsics, cfg.max_cloud_bytes)
+    tgt = _load_points(args.target, args.intrinsics, cfg.max_cloud_bytes)
     t0 = time.perf_counter()
     res = register_clouds(src, tgt, cfg)
     total = time.perf_counter() - t0
