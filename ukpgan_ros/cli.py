@@ -1,7 +1,8 @@
-"""The ``ukpgan`` command: detect, register, demo, train, eval.
+"""The ``ukpgan`` command: detect, register, demo, record, bag, train, eval.
 
 Each subcommand parses its flags, builds a PipelineConfig (the same fields the ROS node
-declares) and calls the core; ``demo`` runs the real lifecycle node in-process.
+declares) and calls the core; ``demo`` runs the real lifecycle node in-process (it needs
+rclpy); ``record`` and ``bag`` read and write bags with rosbags, without ROS.
 """
 
 from __future__ import annotations
@@ -112,9 +113,22 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ukpgan_ros.ros.demo import run_demo
-
+    try:
+        from ukpgan_ros.ros.demo import run_demo
+    except ImportError as e:
+        missing = getattr(e, "name", None) or str(e)
+        print(f"ukpgan demo runs the ROS 2 node and needs rclpy and the ROS message packages, which are not "
+              f"importable here (missing: {missing}). Install them with `pip install 'ukpgan_ros[ros]'` (the "
+              "ROS 2 Kilted wheels from PyPI) or source a ROS 2 installation. `ukpgan bag` runs the same "
+              "pipeline over a bag without ROS.", file=sys.stderr)
+        return 2
     return run_demo(args, _config(args))
+
+
+def cmd_bag(args: argparse.Namespace) -> int:
+    from ukpgan_ros.bags import run_bag
+
+    return run_bag(args, _config(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one frame's result")
     _add_pipeline_flags(p)
     p.set_defaults(func=cmd_demo)
+
+    try:
+        from ukpgan_ros import bags
+    except ImportError as e:  # a missing optional part must not break the other commands
+        bags = None
+        for name in ("record", "bag"):
+            p = sub.add_parser(name, help=f"(unavailable: {e})")
+            p.set_defaults(func=lambda a, e=e: (print(f"unavailable: {e}", file=sys.stderr), 2)[1])
+    if bags is not None:
+        p = sub.add_parser("record", help="write a depth sequence (7-Scenes/TUM folder, synthetic) to a bag, no ROS needed")
+        bags.add_record_arguments(p)
+        p.set_defaults(func=bags.run_record)
+
+        p = sub.add_parser("bag", help="run the pipeline over a bag; write keypoints, markers, transforms and poses "
+                                       "next to its topics (MCAP), no ROS needed")
+        bags.add_bag_arguments(p)
+        _add_pipeline_flags(p)
+        p.set_defaults(func=cmd_bag)
 
     for name, module, help_text in (
         ("train", "ukpgan_ros.model.train", "train the UKPGAN detector (self-supervised)"),
