@@ -311,3 +311,55 @@ def test_the_player_replays_a_bag(depth_bag, kitchen):
         np.testing.assert_allclose(pointcloud2_to_xyz(got[1]), kitchen[5].points(), atol=1e-6)
     finally:
         rclpy.try_shutdown(context=ctx)
+
+
+def test_bag_scores_like_the_demo_on_the_same_frames(tmp_path, capsys):
+    """`ukpgan record` + `ukpgan bag` against `ukpgan demo` (the real node) on the same synthetic
+    frames: same keypoints, same ground-truth motion, errors equal up to RANSAC's run-to-run noise."""
+    pytest.importorskip("rclpy")
+    import csv
+
+    common = ["--detector", "fps", "--device", "cpu"]
+    assert main(["demo", "--frames", "13", "--stride", "4", "--out", str(tmp_path / "demo"), *common]) == 0
+    assert main(["record", "synthetic", "--frames", "13", "--stride", "4", "--out", str(tmp_path / "s.mcap")]) == 0
+    assert main(["bag", str(tmp_path / "s.mcap"), "--out", str(tmp_path / "s_out.mcap"), "--report",
+                 str(tmp_path / "bag"), *common]) == 0
+    capsys.readouterr()
+    demo = list(csv.DictReader(open(tmp_path / "demo" / "frames.csv")))
+    bag = list(csv.DictReader(open(tmp_path / "bag" / "frames.csv")))
+    assert [int(r["frame"]) for r in demo] == [0, 4, 8, 12] and len(bag) == 4  # bag frames are 0..3
+    for d, b in zip(demo, bag):
+        assert d["keypoints"] == b["keypoints"]
+        if d.get("gt_rot_deg"):
+            assert float(b["gt_rot_deg"]) == pytest.approx(float(d["gt_rot_deg"]), abs=1e-6)
+            assert float(b["gt_trans_m"]) == pytest.approx(float(d["gt_trans_m"]), abs=1e-9)
+            assert float(b["re_deg"]) == pytest.approx(float(d["re_deg"]), abs=0.05)
+            assert float(b["te_m"]) == pytest.approx(float(d["te_m"]), abs=0.005)
+
+
+def test_cloud_frames_stride_and_range():
+    pts = np.array([[0, 0, 0.5], [1, 0, 2.0], [0, 1, 4.0], [1, 1, 8.0]], np.float32)
+    f = DepthFrame.from_cloud(3, 0.1, pts)
+    assert not f.has_depth and np.isnan(f.K).all() and (f.width, f.height) == (0, 0)
+    np.testing.assert_array_equal(f.points(), pts)
+    np.testing.assert_array_equal(f.points(stride=2), pts[::2])
+    np.testing.assert_array_equal(f.points(min_depth=1.0, max_depth=5.0), pts[1:3])
+    with pytest.raises(ValueError, match="cloud must be float32"):
+        DepthFrame(index=0, stamp=0.0, depth_m=np.zeros((0, 0), np.float32), K=np.eye(3), cloud=np.zeros((2, 2), np.float32))
+
+
+def test_the_player_refuses_depth_output_from_a_cloud_bag(kitchen, tmp_path):
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.parameter import Parameter
+
+    from ukpgan_ros.ros.player_node import DepthPlayerNode
+
+    record_sequence(kitchen, tmp_path / "c.mcap", frames=2, output="cloud", progress=False)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=63)
+    try:
+        with pytest.raises(ValueError, match="holds point clouds, not depth images: play it with output:=cloud"):
+            DepthPlayerNode(context=ctx, parameter_overrides=[Parameter("source", value=str(tmp_path / "c.mcap")),
+                                                              Parameter("output", value="depth")])
+    finally:
+        rclpy.try_shutdown(context=ctx)
