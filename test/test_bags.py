@@ -363,3 +363,19 @@ def test_the_player_refuses_depth_output_from_a_cloud_bag(kitchen, tmp_path):
                                                               Parameter("output", value="depth")])
     finally:
         rclpy.try_shutdown(context=ctx)
+
+
+def test_record_a_tum_folder_keeps_its_stamps_and_gaps(tmp_path):
+    from test_io import make_tum
+
+    root = tmp_path / "rgbd_dataset_freiburg1_desk"
+    stamps, _, _ = make_tum(root)
+    assert main(["record", str(root), "--out", str(tmp_path / "t.mcap")]) == 0
+    tum, seq = open_sequence(str(root)), BagSequence(tmp_path / "t.mcap")
+    assert len(seq) == 4 and seq.rate_hz == pytest.approx(30.0, rel=1e-3)
+    np.testing.assert_array_equal(seq.K, tum.K)
+    for i in range(4):
+        assert abs(seq.header(i)[0] - stamps[i] * 1e9) < 1e3  # epoch stamps survive (float64 s -> int ns)
+        np.testing.assert_allclose(seq[i].depth_m, tum[i].depth_m, atol=5e-4)  # 1/5000 m rounded to mm
+    assert seq.pose(3) is None  # the tracking gap stays a gap
+    np.testing.assert_allclose(seq.pose(2), np.linalg.inv(tum[0].pose) @ tum[2].pose, atol=1e-6)

@@ -207,6 +207,14 @@ def test_model_file_kinds_are_told_apart(tmp_path, monkeypatch) -> None:
     with pytest.raises(ValueError, match="without UKPGAN metadata"):
         UkpganDetector(tmp_path / "other.safetensors", device="cpu")
     assert UkpganDetector(good, device="cpu").encoder is not None
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    if Path("/proc/self/fd").is_dir():
+        before = fds()
+        for _ in range(10):
+            for bad in (tmp_path / "text.safetensors", tmp_path / "other.safetensors", tmp_path, fifo):
+                with pytest.raises(ValueError):
+                    UkpganDetector(bad, device="cpu")
+        assert fds() == before  # no descriptor leaks on any failure path
 
 
 def test_non_finite_weights_fail_at_load(tmp_path) -> None:
