@@ -116,6 +116,9 @@ class PipelineConfig(_Fields):
     )
     reference_cloud: str = _f(
         "", "PLY/PCD/NPY cloud to localise against when registration=reference (seen from its frame origin)")
+    max_cloud_bytes: int = _f(
+        2 * 1024**3, "largest cloud file read (reference_cloud, CLI inputs) and largest point data its header "
+        "may claim [bytes]", range=(1024, 2**40))
     ransac_max_iterations: int = _f(100000, "RANSAC iteration cap", range=(100, 10000000), live=True)
     ransac_confidence: float = _f(0.999, "RANSAC stop confidence", range=(0.5, 0.999999), live=True)
     icp_refine: bool = _f(True, "refine RANSAC with point-to-plane ICP on the voxel clouds", live=True)

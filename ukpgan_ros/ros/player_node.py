@@ -1,5 +1,5 @@
-"""The ``depth_player`` node: replays a depth sequence (7-Scenes/3DMatch layout, TUM RGB-D, or the
-built-in synthetic camera) as PointCloud2 and/or depth Image + CameraInfo, with ground truth.
+"""The ``depth_player`` node: replays a depth sequence (7-Scenes/3DMatch layout, TUM RGB-D, a bag, or
+the built-in synthetic camera) as PointCloud2 and/or depth Image + CameraInfo, with ground truth.
 
 Messages are stamped with the node clock at publication, so downstream latency figures are real.
 Ground-truth poses go out as ``ground_truth/pose`` (``first_from_current`` in ``odom_frame``),
@@ -30,7 +30,7 @@ class DepthPlayerNode(Node):
     def __init__(self, node_name: str = "depth_player", sequence: Any = None, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         p = self.declare_parameter
-        p("source", "synthetic", ParameterDescriptor(description="'synthetic' or a 7-Scenes/TUM folder"))
+        p("source", "synthetic", ParameterDescriptor(description="'synthetic', a 7-Scenes/TUM folder or a bag"))
         p("output", "cloud", ParameterDescriptor(description="cloud, depth or both"))
         p("rate", 0.0, ParameterDescriptor(description="frames per second; 0 uses the sequence's rate / stride"))
         p("stride", 1, ParameterDescriptor(description="publish every k-th frame"))
@@ -52,6 +52,9 @@ class DepthPlayerNode(Node):
             from ukpgan_ros.datasets import open_sequence
 
             sequence = open_sequence(g("source"))
+        if self.output != "cloud" and not getattr(sequence, "has_depth", True):
+            raise ValueError(f"{getattr(sequence, 'name', 'the source')} holds point clouds, not depth images: "
+                             "play it with output:=cloud")
         self.sequence = sequence
         indices = list(range(self.start, len(sequence), self.stride))
         if g("max_frames") > 0:
