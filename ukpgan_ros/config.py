@@ -161,6 +161,8 @@ class PipelineConfig(_Fields):
             raise ConfigError(f"min_range ({self.min_range}) must be below max_range ({self.max_range})")
         if self.registration == "reference" and not self.reference_cloud:
             raise ConfigError("registration=reference needs reference_cloud")
+        if not self.odom_frame.strip() or self.odom_frame != self.odom_frame.strip():
+            raise ConfigError(f"odom_frame: {self.odom_frame!r} is not a frame name (empty or with spaces)")
         return self
 
 
@@ -178,3 +180,10 @@ class StreamConfig(_Fields):
     depth_stride: int = _f(1, "use every k-th depth pixel row/column (depth input)", range=(1, 16))
     depth_scale: float = _f(1000.0, "16UC1 depth units per metre (1000: millimetres)", range=(1.0, 100000.0))
     diagnostics_period: float = _f(1.0, "seconds between /diagnostics messages", range=(0.05, 60.0))
+    depth_info_tolerance: float = _f(
+        0.0, "depth input: pair an image with a CameraInfo whose stamp differs by at most this [s]; 0: equal stamps",
+        range=(0.0, 1.0))
+    depth_info_timeout: float = _f(
+        0.5, "depth input: seconds an image waits for the CameraInfo of its stamp; then the latest CameraInfo is "
+        "used if the intrinsics have been constant (latched or slow CameraInfo), else the image is dropped",
+        range=(0.0, 10.0))

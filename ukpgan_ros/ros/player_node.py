@@ -8,6 +8,7 @@ the same convention as the detector's ``~/pose``.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,18 @@ class DepthPlayerNode(Node):
         self._timer = self.create_timer(1.0 / rate, self._tick) if g("autostart") else None
         self.get_logger().info(
             f"playing {getattr(sequence, 'name', 'sequence')}: {len(indices)} frames at {rate:.2f} Hz as {self.output}")
+
+    def wait_for_subscribers(self, timeout: float) -> bool:
+        """Wait until every stream publisher (cloud, depth, camera_info) has a matched subscriber,
+        so a first frame published in lock step is not lost to discovery."""
+        pubs = [p for p in (self._pub_cloud, getattr(self, "_pub_depth", None), getattr(self, "_pub_info", None))
+                if p is not None]
+        deadline = time.monotonic() + timeout
+        while any(p.get_subscription_count() == 0 for p in pubs):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     def _tick(self) -> None:
         if self.finished:
