@@ -49,7 +49,7 @@ setup(
         ],
         # The registration peers benchmarks/ compares against, at the versions measured.
         "bench": ["small_gicp==1.0.1", "kiss-icp==1.3.0"],
-        "test": ["pytest>=8", "PyYAML>=6.0", "pillow>=9"],
+        "test": ["pytest>=8", "PyYAML>=6.0", "pillow>=9", "hypothesis>=6.100"],
     },
     zip_safe=False,
     maintainer="ukpgan_ros developers",

@@ -125,7 +125,7 @@ class PipelineConfig(_Fields):
     min_inliers: int = _f(6, "fewer RANSAC inlier matches than this marks a registration failed", range=(3, 100000), live=True)
     min_fitness: float = _f(0.2, "lower final fitness (overlap fraction) marks a registration failed", range=(0.0, 1.0),
                          live=True)
-    publish_tf: bool = _f(True, "broadcast odom_frame -> sensor frame on /tf (needs tf2_ros)", live=True)
+    publish_tf: bool = _f(True, "broadcast odom_frame -> sensor frame on /tf (needs tf2_msgs)", live=True)
     odom_frame: str = _f("odom", "frame of the accumulated pose", live=True)
     model_path: str = _f("", "UKPGAN weights (.safetensors); empty means the shipped model")
     seed: int = _f(0, "seed for random sampling and RANSAC", range=(0, 2**31 - 1), live=True)
