@@ -130,7 +130,7 @@ class UkpganRos(StreamMethod):
         if self._became_anchor(r):
             self._anchor_pos = self._pos
         reg = r.registration
-        return Step(reg.T, bool(reg.success), r.working_points, back,
+        return Step(reg.T_tgt_from_src, bool(reg.success), r.working_points, back,
                     {"keypoints": len(r.keypoints), "matches": reg.num_correspondences, "inliers": reg.num_inliers,
                      "fitness": reg.fitness, "stages_ms": {k: 1e3 * v for k, v in r.timings.items()}})
 
