@@ -112,8 +112,10 @@ class UkpganRos(StreamMethod):
         self._anchor_pos = 0
 
     def _became_anchor(self, r) -> bool:
-        anchor = getattr(self.pipe, "_anchor", None)
-        if anchor is None:  # the pipeline's internals changed: assume the usual case
+        # consecutive mode: a placed frame is the next anchor (FrameToFrame also re-anchors on a
+        # frame that fails lost_after times in a row, and then places nothing)
+        anchor = getattr(self.pipe.tracker, "_anchor", None)
+        if anchor is None:
             return r.registration is None or r.registration.success
         return anchor.keypoints is r.keypoints
 
@@ -130,7 +132,7 @@ class UkpganRos(StreamMethod):
         if self._became_anchor(r):
             self._anchor_pos = self._pos
         reg = r.registration
-        return Step(reg.T, bool(reg.success), r.working_points, back,
+        return Step(reg.T_tgt_from_src, bool(reg.success), r.working_points, back,
                     {"keypoints": len(r.keypoints), "matches": reg.num_correspondences, "inliers": reg.num_inliers,
                      "fitness": reg.fitness, "stages_ms": {k: 1e3 * v for k, v in r.timings.items()}})
 

@@ -1,12 +1,18 @@
 """Start the ukpgan_detector lifecycle node (configured and activated unless autostart:=false),
 optionally a depth player (play:=synthetic or a dataset folder) and RViz (use_rviz:=true).
 
+Autostart drives configure, then activate, once: later transitions requested by hand
+(``ros2 lifecycle set``) do exactly what they say. use_rviz:=true where rviz2 is not installed
+logs a warning and starts the rest.
+
 Written against the launch_ros API shared by Humble, Iron, Jazzy and newer.
 """
 
+from ament_index_python.packages import PackageNotFoundError, get_package_prefix
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
 from launch.conditions import IfCondition, UnlessCondition
+from launch.logging import get_logger
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import LifecycleNode, Node
@@ -49,14 +55,14 @@ def generate_launch_description() -> LaunchDescription:
                           transition_id=Transition.TRANSITION_CONFIGURE),
         condition=IfCondition(arg("autostart")),
     )
-    # Only after configuring: a later deactivate must not bounce straight back to active.
+    # Activate after the first configure only (handle_once): a configure requested by hand
+    # later, e.g. after a cleanup, must leave the node inactive, as the user asked.
     activate = RegisterEventHandler(
         OnStateTransition(
             target_lifecycle_node=detector,
             start_state="configuring",
-            goal_state="inactive",
-            entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(detector),
-                                                  transition_id=Transition.TRANSITION_ACTIVATE))],
+            entities=[OpaqueFunction(function=_activate_if_configured, args=[detector])],
+            handle_once=True,
         ),
         condition=IfCondition(arg("autostart")),
     )
@@ -72,11 +78,29 @@ def generate_launch_description() -> LaunchDescription:
         output="screen",
         condition=UnlessCondition(PythonExpression(["'", arg("play"), "' == 'none'"])),
     )
-    rviz = Node(
-        package="rviz2",
-        executable="rviz2",
-        name="rviz2",
-        arguments=["-d", PathJoinSubstitution([share, "config", "ukpgan.rviz"])],
-        condition=IfCondition(arg("use_rviz")),
-    )
+    rviz = OpaqueFunction(function=_rviz_if_installed, args=[PathJoinSubstitution([share, "config", "ukpgan.rviz"])],
+                          condition=IfCondition(arg("use_rviz")))
     return LaunchDescription([*args, activate, detector, configure, player, rviz])
+
+
+def _activate_if_configured(context, detector):
+    """The one autostart activate, if the first configure succeeded (the event leaving
+    'configuring' is in ``context.locals.event``; a failed configure goes back to unconfigured)."""
+    if context.locals.event.goal_state != "inactive":
+        get_logger("detect.launch").warning("ukpgan_detector failed to configure: not activating it")
+        return []
+    return [EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(detector),
+                                        transition_id=Transition.TRANSITION_ACTIVATE))]
+
+
+def _rviz_if_installed(context, rviz_config):
+    """RViz with ``rviz_config``, or a warning where rviz2 is not installed (instead of a launch
+    that aborts and leaves the detector running)."""
+    try:
+        get_package_prefix("rviz2")
+    except (PackageNotFoundError, KeyError, ValueError):
+        get_logger("detect.launch").warning(
+            "use_rviz:=true, but the rviz2 package is not installed: starting without RViz "
+            "(install ros-$ROS_DISTRO-rviz2, or run RViz on another machine with config/ukpgan.rviz)")
+        return []
+    return [Node(package="rviz2", executable="rviz2", name="rviz2", arguments=["-d", rviz_config])]

@@ -28,7 +28,7 @@ def _peer(name: str):
 
 @pytest.fixture(scope="module")
 def result(bench):
-    from ukpgan_ros.synthetic import SyntheticSequence
+    from ukpgan_ros.datasets import SyntheticSequence
 
     # The default camera's field of view at a quarter of the pixels: fast, same geometry.
     seq = SyntheticSequence(num_frames=3, width=320, height=240, fx=262.5)

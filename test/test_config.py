@@ -19,12 +19,15 @@ def test_defaults_are_valid_and_radii_follow_the_voxel():
     assert cfg.effective_nms_radius == pytest.approx(1.5 * cfg.voxel_size)
     assert PipelineConfig(nms_radius=0.3).effective_nms_radius == 0.3
     StreamConfig().validate()
+    with pytest.raises(ConfigError, match="depth_info_timeout"):
+        StreamConfig.from_mapping({"depth_info_timeout": -1.0})
 
 
 @pytest.mark.parametrize("bad, word", [
     ({"voxel_size": -0.1}, "voxel_size"), ({"detector": "sift"}, "detector"), ({"max_keypoints": 0}, "max_keypoints"),
     ({"icp_refine": 1}, "icp_refine"), ({"min_range": 9.0}, "min_range"), ({"registration": "reference"}, "reference_cloud"),
-    ({"unknown_knob": 1}, "unknown_knob"), ({"device": "tpu"}, "device"),
+    ({"unknown_knob": 1}, "unknown_knob"), ({"device": "tpu"}, "device"), ({"odom_frame": ""}, "odom_frame"),
+    ({"odom_frame": " odom"}, "odom_frame"),
 ])
 def test_bad_values_name_the_field(bad, word):
     with pytest.raises(ConfigError, match=word):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -138,8 +139,153 @@ def test_bad_cloud_files_raise_clear_errors(tmp_path):
     (tmp_path / "c.obj").write_text("v 0 0 0\n")
     with pytest.raises(ValueError, match="unsupported"):
         read_cloud(tmp_path / "c.obj")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="is a directory"):
         read_cloud(tmp_path)
+
+
+# ----------------------------------------------------------------------------- cloud files that lie
+
+
+def _cloud(n: int = 1000) -> np.ndarray:
+    return np.random.default_rng(7).normal(size=(n, 3)).astype(np.float32)
+
+
+def _truncate(path: Path, keep: float = 0.5) -> Path:
+    raw = path.read_bytes()
+    out = path.with_name("cut_" + path.name)
+    out.write_bytes(raw[: int(len(raw) * keep)])
+    return out
+
+
+@pytest.mark.parametrize("name, kw, match", [
+    ("b.ply", {}, r"truncated PLY: the header claims 1,000 vertex x 24 bytes = 24,000 bytes of data, but the file holds"),
+    ("a.ply", {"ascii": True}, r"truncated: the header claims 1,000 vertices \(1,000 lines of data\), the file holds 4\d\d"),
+    ("b.pcd", {}, r"truncated PCD: the header claims 1,000 points x 12 bytes = 12,000 bytes"),
+    ("a.pcd", {"ascii": True}, r"truncated or malformed: data line \d+ has [12] values, the header declares 3"),
+    ("c.pcd", {"compressed": True}, r"truncated PCD: [\d,]+ bytes of compressed data claimed"),
+])
+def test_truncated_cloud_files_are_refused(tmp_path, name, kw, match):
+    full = write_cloud(tmp_path / name, _cloud(), **kw)
+    np.testing.assert_allclose(read_cloud(full), _cloud(), atol=1e-5)
+    with pytest.raises(ValueError, match=match):
+        read_cloud(_truncate(full))
+
+
+def test_truncated_npy_and_object_npy_are_refused(tmp_path):
+    np.save(tmp_path / "a.npy", _cloud())
+    with pytest.raises(ValueError, match=r"truncated .npy: shape \(1000, 3\) of float32 needs 12,000 bytes"):
+        read_cloud(_truncate(tmp_path / "a.npy"))
+    np.save(tmp_path / "o.npy", np.array([[1, 2, 3]], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="o.npy"):
+        read_cloud(tmp_path / "o.npy")
+
+
+def _ply_header(n: int, fmt: str = "binary_little_endian", extra: str = "") -> bytes:
+    return (f"ply\nformat {fmt} 1.0\nelement vertex {n}\nproperty float x\nproperty float y\n"
+            f"property float z\n{extra}end_header\n").encode()
+
+
+def test_absurd_headers_are_refused_before_allocating(tmp_path):
+    import resource
+    import time
+
+    hdr = _ply_header(100_000_000)
+    (tmp_path / "huge.ply").write_bytes(hdr + bytes(240 - len(hdr)))  # the issue's 240-byte file
+    (tmp_path / "huge_ascii.ply").write_bytes(_ply_header(100_000_000, "ascii") + b"0 0 0\n" * 20)
+    pcd = ("VERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nWIDTH 100000000\nHEIGHT 1\n"
+           "VIEWPOINT 0 0 0 1 0 0 0\nPOINTS 100000000\nDATA binary_compressed\n").encode()
+    (tmp_path / "bomb.pcd").write_bytes(pcd + (1000).to_bytes(4, "little") + (1_200_000_000).to_bytes(4, "little")
+                                        + bytes(1000))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="huge.ply: truncated PLY: the header claims 100,000,000 vertex x 12 bytes"):
+        read_cloud(tmp_path / "huge.ply")
+    with pytest.raises(ValueError, match="huge_ascii.ply: truncated: the header claims 100,000,000 vertices"):
+        read_cloud(tmp_path / "huge_ascii.ply")
+    with pytest.raises(ValueError, match="bomb.pcd: 1,000 bytes of LZF data cannot unpack to the 1,200,000,000"):
+        read_cloud(tmp_path / "bomb.pcd")
+    assert time.perf_counter() - t0 < 2.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: nothing claimed was allocated
+
+
+def test_the_size_cap_refuses_big_files_and_big_claims(tmp_path):
+    pts = _cloud(2000)
+    path = write_cloud(tmp_path / "c.ply", pts)  # 2000 x 24 bytes of doubles
+    assert read_cloud(path, max_bytes=10**6).shape == (2000, 3)
+    with pytest.raises(ValueError, match=r"c.ply: [\d,]+ bytes, over the 10,000-byte cap \(max_cloud_bytes\)"):
+        read_cloud(path, max_bytes=10_000)
+    # A header claiming more than the cap is refused even when the file is smaller than the cap.
+    hdr = _ply_header(10**6)
+    (tmp_path / "claim.ply").write_bytes(hdr + bytes(64))
+    with pytest.raises(ValueError, match=r"claims 1,000,000 vertices x 12 bytes = 12,000,000 bytes of data, over the"):
+        read_cloud(tmp_path / "claim.ply", max_bytes=10**6)
+    np.save(tmp_path / "big.npy", np.zeros((10_000, 3)))
+    with pytest.raises(ValueError, match="over the 100,000-byte cap"):
+        read_cloud(tmp_path / "big.npy", max_bytes=100_000)
+
+
+def test_malformed_headers_name_the_problem(tmp_path):
+    (tmp_path / "fmt.ply").write_bytes(_ply_header(1).replace(b"binary_little_endian", b"binary_middle_endian"))
+    with pytest.raises(ValueError, match="unknown PLY format 'binary_middle_endian'"):
+        read_cloud(tmp_path / "fmt.ply")
+    (tmp_path / "noxyz.ply").write_bytes(b"ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nend_header\n1\n")
+    with pytest.raises(ValueError, match="no vertex element with x, y, z"):
+        read_cloud(tmp_path / "noxyz.ply")
+    (tmp_path / "type.ply").write_bytes(_ply_header(1, extra="property float128 w\n") + bytes(28))
+    with pytest.raises(ValueError, match="unknown property 'float128 w'"):
+        read_cloud(tmp_path / "type.ply")
+    (tmp_path / "noend.ply").write_bytes(b"ply\nformat ascii 1.0\n" + b"comment x\n" * 8000)
+    with pytest.raises(ValueError, match="no end_header line in the first 65536 bytes"):
+        read_cloud(tmp_path / "noend.ply")
+    (tmp_path / "nofields.pcd").write_text("VERSION 0.7\nFIELDS a b\nSIZE 4 4\nTYPE F F\nWIDTH 1\nPOINTS 1\nDATA ascii\n1 2\n")
+    with pytest.raises(ValueError, match="no FIELDS x y z"):
+        read_cloud(tmp_path / "nofields.pcd")
+
+
+def test_ply_with_faces_and_padding_properties_still_loads(tmp_path):
+    """Lists (faces) only give a lower bound on the size; a complete mesh PLY must pass."""
+    pts = _cloud(4)
+    body = b"".join(struct.pack("<fffB", *p, 7) for p in pts) + struct.pack("<B3i", 3, 0, 1, 2) * 2
+    hdr = (b"ply\nformat binary_little_endian 1.0\nelement vertex 4\nproperty float x\nproperty float y\n"
+           b"property float z\nproperty uchar flag\nelement face 2\nproperty list uchar int vertex_indices\nend_header\n")
+    (tmp_path / "mesh.ply").write_bytes(hdr + body)
+    np.testing.assert_array_equal(read_cloud(tmp_path / "mesh.ply"), pts)
+    (tmp_path / "cut.ply").write_bytes(hdr + body[:40])
+    with pytest.raises(ValueError, match="4 vertex x 13 bytes \\+ 2 face x 1 bytes = 54 bytes of data at least"):
+        read_cloud(tmp_path / "cut.ply")
+
+
+def test_special_files_are_named_not_read(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.ply")  # would block any reader forever
+    with pytest.raises(ValueError, match="pipe.ply: is a FIFO"):
+        read_cloud(tmp_path / "pipe.ply")
+    if Path("/dev/zero").exists():
+        with pytest.raises(ValueError, match="/dev/zero: is a character device, not a regular file"):
+            read_cloud("/dev/zero")
+    with pytest.raises(FileNotFoundError, match="file not found: .*absent.ply"):
+        read_cloud(tmp_path / "absent.ply")
+
+
+def test_failed_reads_leak_no_file_descriptors(tmp_path):
+    import os
+
+    full = write_cloud(tmp_path / "b.ply", _cloud())
+    bad = [_truncate(full), _truncate(write_cloud(tmp_path / "a.ply", _cloud(), ascii=True)),
+           _truncate(write_cloud(tmp_path / "c.pcd", _cloud(), compressed=True)), tmp_path / "junk.ply", tmp_path]
+    (tmp_path / "junk.ply").write_text("ply\nformat ascii 1.0\nelement vertex x\nend_header\n")
+    np.save(tmp_path / "t.npy", _cloud())
+    bad.append(_truncate(tmp_path / "t.npy"))
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("no /proc/self/fd to count descriptors")
+    before = fds()
+    for _ in range(20):
+        for path in bad:
+            with pytest.raises(ValueError):
+                read_cloud(path)
+    assert fds() == before
 
 
 def test_write_cloud_rejects_bad_input(tmp_path):

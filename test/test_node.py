@@ -201,22 +201,101 @@ def test_clouds_in_keypoints_transforms_pose_and_diagnostics_out(harness_factory
     assert "latency_ms" in values and "fitness" in values
 
 
-def test_depth_images_with_camera_info(harness_factory, frames):
-    h = harness_factory({**FAST, "input": "depth", "registration": "none"})
+def _depth_pair(frame, stamp_s: float, fx: float, frame_id: str = "cam_optical"):
+    """An Image and the CameraInfo of its stamp, with focal length ``fx`` (cx, cy of the frame)."""
+    header = Header(frame_id=frame_id)
+    header.stamp.sec, header.stamp.nanosec = int(stamp_s), int(round((stamp_s % 1) * 1e9))
+    K = frame.K.copy()
+    K[0, 0] = K[1, 1] = fx
+    return depth_to_image_msg(frame.depth_m, header), camera_info_msg(K, frame.depth_m.shape[1], frame.depth_m.shape[0], header)
+
+
+def _x_extent(kps: PointCloud2) -> float:
+    from ukpgan_ros.pointcloud2 import pointcloud2_to_xyz
+
+    xyz = pointcloud2_to_xyz(kps)
+    return float(xyz[:, 0].max() - xyz[:, 0].min())
+
+
+def test_depth_images_pair_with_the_camera_info_of_their_stamp(harness_factory, frames):
+    """Image before its CameraInfo (the race of issue 12, made deterministic), CameraInfo before
+    its image, then a CameraInfo published once: each image is processed once, with its own
+    intrinsics. The focal length changes with every stamp, so a wrong pair shows in the keypoints."""
+    h = harness_factory({**FAST, "input": "depth", "registration": "none", "max_range": 20.0,
+                         "depth_info_timeout": 1.0, "diagnostics_period": 0.2})
     assert h.transition(Transition.TRANSITION_CONFIGURE) and h.transition(Transition.TRANSITION_ACTIVATE)
     depth_pub, info_pub = h.publisher(Image, "/depth/image_raw"), h.publisher(CameraInfo, "/depth/camera_info")
     time.sleep(0.5)
     f = frames[0]
-    header = Header(frame_id="cam_optical")
-    header.stamp.sec = 7
-    depth_pub.publish(depth_to_image_msg(f.depth_m, header))  # before any camera_info: a logged drop
-    h.wait_processed(1, timeout=2)
-    info_pub.publish(camera_info_msg(f.K, f.depth_m.shape[1], f.depth_m.shape[0], header))
-    time.sleep(0.3)
-    depth_pub.publish(depth_to_image_msg(f.depth_m, header))
+    fx = f.K[0, 0]
+    # 1. The image first; its CameraInfo 0.4 s later (within depth_info_timeout).
+    image, info = _depth_pair(f, 7.0, fx)
+    depth_pub.publish(image)
+    time.sleep(0.4)
+    assert h.node.diagnostics_snapshot()["processed"] == 0, "the image must wait for its CameraInfo"
+    info_pub.publish(info)
     kps = h.wait("keypoints", 1)
-    assert len(kps) == 1 and kps[0].header.frame_id == "cam_optical" and kps[0].width == 64
-    assert h.node.diagnostics_snapshot()["malformed"] == 1
+    # 2. The CameraInfo first (twice the focal length: half the lateral extent).
+    image, info = _depth_pair(f, 8.0, 2 * fx)
+    info_pub.publish(info)
+    time.sleep(0.3)
+    depth_pub.publish(image)
+    kps = h.wait("keypoints", 2)
+    assert [k.header.stamp.sec for k in kps] == [7, 8]
+    assert 1.6 < _x_extent(kps[0]) / _x_extent(kps[1]) < 2.4, "the second image used another image's intrinsics"
+    # 3. One CameraInfo (4 x fx), then images of other stamps: the first waits depth_info_timeout
+    # and then uses it; from then on (fixed intrinsics) the next uses it at once.
+    _, info = _depth_pair(f, 9.0, 4 * fx)
+    info_pub.publish(info)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    depth_pub.publish(_depth_pair(f, 10.0, fx)[0])
+    h.wait("keypoints", 3)
+    assert time.monotonic() - t0 >= 1.0, "the first image waits depth_info_timeout for its own CameraInfo"
+    depth_pub.publish(_depth_pair(f, 11.0, fx)[0])
+    kps = h.wait("keypoints", 4)
+    assert [k.header.stamp.sec for k in kps] == [7, 8, 10, 11]
+    assert 3.2 < _x_extent(kps[0]) / _x_extent(kps[3]) < 4.8
+    snap = h.wait_processed(4)
+    assert (snap["received"], snap["processed"], snap["dropped"], snap["malformed"], snap["unpaired"]) == (4, 4, 0, 0, 0)
+    assert snap["info_latest"] == 2
+    assert len(h.got["keypoints"]) == 4, "an image was processed twice"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        values = {kv.key: kv.value for kv in h.got["diagnostics"][-1].status[0].values} if h.got["diagnostics"] else {}
+        if values.get("frames_with_latest_camera_info") == "2":
+            break
+        time.sleep(0.05)
+    assert values["camera_info_pairing"].startswith("latest CameraInfo (fixed intrinsics")
+
+
+def test_a_depth_image_whose_camera_info_never_comes_is_a_counted_drop(harness_factory, frames):
+    h = harness_factory({**FAST, "input": "depth", "registration": "none", "depth_info_timeout": 0.3})
+    assert h.transition(Transition.TRANSITION_CONFIGURE) and h.transition(Transition.TRANSITION_ACTIVATE)
+    depth_pub = h.publisher(Image, "/depth/image_raw")
+    time.sleep(0.5)
+    depth_pub.publish(_depth_pair(frames[0], 3.5, frames[0].K[0, 0])[0])
+    snap = h.wait_processed(1)
+    deadline = time.monotonic() + 10
+    while snap["unpaired"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        snap = h.node.diagnostics_snapshot()
+    assert (snap["received"], snap["unpaired"], snap["malformed"], snap["processed"]) == (1, 1, 0, 0)
+    assert h.node._stats.last_message.startswith("dropped frame: no camera_info for stamp 3.500000000")
+
+
+def test_absurd_camera_info_is_dropped_as_such(harness_factory, frames):
+    h = harness_factory({**FAST, "input": "depth", "registration": "none"})
+    assert h.transition(Transition.TRANSITION_CONFIGURE) and h.transition(Transition.TRANSITION_ACTIVATE)
+    depth_pub, info_pub = h.publisher(Image, "/depth/image_raw"), h.publisher(CameraInfo, "/depth/camera_info")
+    time.sleep(0.5)
+    image, info = _depth_pair(frames[0], 5.0, 525.0)
+    info.k[0] = 1e-300
+    info_pub.publish(info)
+    time.sleep(0.2)
+    depth_pub.publish(image)
+    snap = h.wait_processed(1)
+    assert snap["malformed"] == 1 and "invalid intrinsics fx=1e-300" in h.node._stats.last_message
 
 
 def _bad_clouds(good: PointCloud2) -> list[PointCloud2]:
@@ -348,7 +427,7 @@ def test_sigint_runs_on_shutdown():
 
 
 def test_tf_odom_to_sensor_is_broadcast(harness_factory, frames):
-    pytest.importorskip("tf2_ros", reason="tf2_ros is not installed (not on PyPI); TF is tested on ROS installs")
+    pytest.importorskip("tf2_msgs", reason="tf2_msgs is not installed (not on PyPI); TF is tested on ROS installs")
     from tf2_msgs.msg import TFMessage
 
     h = harness_factory({**FAST, "voxel_size": 0.05, "max_keypoints": 128, "odom_frame": "odom"})
@@ -366,6 +445,65 @@ def test_tf_odom_to_sensor_is_broadcast(harness_factory, frames):
         time.sleep(0.05)
     t = tf_msgs[-1].transforms[0]
     assert t.header.frame_id == "odom" and t.child_frame_id == "cam"
+
+
+def _has_tf2_msgs() -> bool:
+    try:
+        import tf2_msgs.msg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_cleanup_removes_every_publisher_configure_made_tf_included(harness_factory):
+    """Issue 11: each cleanup/configure cycle left the old /tf publisher registered. Count the
+    node's publishers in the graph (not a fake) across three cycles."""
+    h = harness_factory({**FAST, "publish_tf": True})
+    node = h.node
+
+    def publishers() -> tuple[int, int]:
+        own = node.get_publisher_names_and_types_by_node(node.get_name(), node.get_namespace())
+        return len(own), node.count_publishers("/tf")
+
+    base = publishers()
+    assert base[1] == 0
+    tf = 1 if _has_tf2_msgs() else 0
+    for _ in range(3):
+        assert h.transition(Transition.TRANSITION_CONFIGURE)
+        configured = publishers()
+        # keypoints, markers, transform, pose, odometry, diagnostics
+        assert configured == (base[0] + 6 + tf, tf), configured
+        assert h.transition(Transition.TRANSITION_ACTIVATE) and h.transition(Transition.TRANSITION_DEACTIVATE)
+        assert h.transition(Transition.TRANSITION_CLEANUP)
+        assert publishers() == base
+
+
+def test_autostart_once_then_manual_transitions_do_exactly_what_they_say(harness_factory):
+    """Issue 11: after autostart, cleanup then configure must leave the node inactive (a
+    non-one-shot autostart used to activate it, and the user's activate then failed)."""
+    from ukpgan_ros.ros.detector_node import _autostart
+
+    h = harness_factory({**FAST, "autostart": True})
+    _autostart(h.node)
+    assert h.state() == State.PRIMARY_STATE_ACTIVE
+    for tid, expected in [
+        (Transition.TRANSITION_DEACTIVATE, State.PRIMARY_STATE_INACTIVE),
+        (Transition.TRANSITION_CLEANUP, State.PRIMARY_STATE_UNCONFIGURED),
+        (Transition.TRANSITION_CONFIGURE, State.PRIMARY_STATE_INACTIVE),
+    ]:
+        assert h.transition(tid)
+        assert h.state() == expected
+    time.sleep(1.0)
+    assert h.state() == State.PRIMARY_STATE_INACTIVE, "configure must not be followed by an activate"
+    assert h.transition(Transition.TRANSITION_ACTIVATE), "the user's activate must be accepted"
+    assert h.state() == State.PRIMARY_STATE_ACTIVE
+
+
+def test_an_empty_odom_frame_is_refused(harness_factory):
+    h = harness_factory(FAST)
+    assert h.transition(Transition.TRANSITION_CONFIGURE)
+    result = h.node.set_parameters([Parameter("odom_frame", value="")])[0]
+    assert not result.successful and "odom_frame" in result.reason
 
 
 # ---------------------------------------------------------------------------- tracking services

@@ -384,6 +384,27 @@ def test_camera_info_msg_and_K():
         camera_info_msg(np.eye(2), 640, 480)
 
 
+@pytest.mark.parametrize("fx, cx", [(1e-300, 319.5), (1e-5, 319.5), (1e12, 319.5), (525.0, 1e39), (525.0, -1e9)])
+def test_absurd_intrinsics_are_refused_with_the_reason(fx, cx):
+    """fx = 1e-300 is 0 in float32: it must be refused as intrinsics, not end as '0 points left
+    after range crop' further down."""
+    bad = K.copy()
+    bad[0, 0], bad[0, 2] = fx, cx
+    info = SimpleNamespace(k=bad.reshape(-1).tolist(), width=64, height=48)
+    with pytest.raises(CloudFormatError, match="invalid intrinsics fx="):
+        camera_info_to_K(info)
+    with pytest.raises(CloudFormatError, match="invalid intrinsics"):
+        depth_msgs_to_points(depth_image("16UC1", np.full((48, 64), 1000, np.uint16)), info)
+
+
+def test_back_projection_never_overflows_to_inf():
+    """32FC1 allows depths up to 3.4e38 m; a coordinate that overflows float32 is dropped."""
+    d = np.full((4, 6), 1.0, np.float32)
+    d[3, 5] = 3e38  # x = (5 - 0.32) * 3e38 / 0.525 overflows
+    pts = depth_to_points(d, K / np.array([[1000.0], [1000.0], [1.0]]))
+    assert np.isfinite(pts).all() and len(pts) == 23
+
+
 @pytest.mark.parametrize(
     "change, match",
     [

@@ -155,3 +155,95 @@ def test_shipped_weights_load_with_their_metadata() -> None:
     pts = voxel_downsample(p * 2.0, VOXEL)
     kp = det.detect(pts, None, 20)
     assert 0 < len(kp) <= 20
+
+
+# ----------------------------------------------------------------------------- model files at configure
+
+
+def _export_with(tmp_path, name: str, edit) -> Path:
+    """A small exported model whose state dict ``edit`` changes before saving."""
+    torch.manual_seed(0)
+    net = UkpganNet(CFG)
+    with torch.no_grad():
+        edit(net.encoder)
+    return export_encoder(tmp_path / name, net.encoder, CFG, {"feature": {"kind": "shot", "radius_voxels": 6.0,
+                                                                          "normal_radius_voxels": 2.0, "dim": 352}})
+
+
+def test_model_file_kinds_are_told_apart(tmp_path, monkeypatch) -> None:
+    import os
+
+    import ukpgan_ros.io as io_mod
+
+    with pytest.raises(FileNotFoundError, match="UKPGAN weights file not found.*missing.safetensors"):
+        UkpganDetector(tmp_path / "missing.safetensors", device="cpu")
+    with pytest.raises(ValueError, match="is a directory, not a regular UKPGAN weights file"):
+        UkpganDetector(tmp_path, device="cpu")
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)  # opening it would block forever: it must be refused without being opened
+    with pytest.raises(ValueError, match="is a FIFO"):
+        UkpganDetector(fifo, device="cpu")
+    if Path("/dev/zero").exists():
+        with pytest.raises(ValueError, match="is a character device"):
+            UkpganDetector("/dev/zero", device="cpu")
+    good = _export_with(tmp_path, "good.safetensors", lambda enc: None)
+    real_open = os.open
+
+    def denied(path, *a, **k):
+        if str(path) == str(good):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(io_mod.os, "open", denied)
+    with pytest.raises(ValueError, match="good.safetensors: UKPGAN weights file is not readable.*Permission denied"):
+        UkpganDetector(good, device="cpu")
+    monkeypatch.undo()
+    (tmp_path / "text.safetensors").write_text("hello, not a model\n" * 10)
+    with pytest.raises(ValueError, match="text.safetensors: not a UKPGAN model"):
+        UkpganDetector(tmp_path / "text.safetensors", device="cpu")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="without UKPGAN metadata"):
+        UkpganDetector(tmp_path / "other.safetensors", device="cpu")
+    assert UkpganDetector(good, device="cpu").encoder is not None
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    if Path("/proc/self/fd").is_dir():
+        before = fds()
+        for _ in range(10):
+            for bad in (tmp_path / "text.safetensors", tmp_path / "other.safetensors", tmp_path, fifo):
+                with pytest.raises(ValueError):
+                    UkpganDetector(bad, device="cpu")
+        assert fds() == before  # no descriptor leaks on any failure path
+
+
+def test_non_finite_weights_fail_at_load(tmp_path) -> None:
+    def poison(enc):
+        p = next(enc.parameters())
+        p.view(-1)[:5] = float("nan")
+        p.view(-1)[5] = float("inf")
+
+    path = _export_with(tmp_path, "nan.safetensors", poison)
+    with pytest.raises(ValueError, match=r"nan.safetensors: the model has non-finite weights.*\(6 of"):
+        UkpganDetector(path, device="cpu")
+    from ukpgan_ros.pipeline import KeypointPipeline  # what the node's on_configure builds
+
+    with pytest.raises(ValueError, match="non-finite weights"):
+        KeypointPipeline(PipelineConfig(model_path=str(path), device="cpu"))
+
+
+def test_a_model_overflowing_on_the_probe_cloud_fails_configure(tmp_path) -> None:
+    from ukpgan_ros.detectors.ukpgan import probe_cloud
+
+    def blow_up(enc):
+        for p in enc.parameters():
+            p.mul_(1e30)  # finite weights whose products overflow float32
+
+    path = _export_with(tmp_path, "huge.safetensors", blow_up)
+    with pytest.raises(ValueError, match="huge.safetensors: the UKPGAN model gives non-finite keypoint probabilities"):
+        UkpganDetector(path, device="cpu")
+    pts = probe_cloud(0.05)
+    assert pts.shape == (961, 3) and np.isfinite(pts).all()
+    np.testing.assert_array_equal(probe_cloud(0.1), probe_cloud(0.1))
+    prob = UkpganDetector(DEFAULT_MODEL_PATH, device="cpu").probabilities(pts)
+    assert np.isfinite(prob).all() and prob.min() >= 0 and prob.max() <= 1

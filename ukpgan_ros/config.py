@@ -118,6 +118,9 @@ class PipelineConfig(_Fields):
     reference_cloud: str = _f(
         "", "a saved map folder (ukpgan map, ~/save_map) or a PLY/PCD/NPY cloud (seen from its frame origin) to "
             "localise against when registration=reference")
+    max_cloud_bytes: int = _f(
+        2 * 1024**3, "largest cloud file read (reference_cloud, CLI inputs) and largest point data its header "
+        "may claim [bytes]", range=(1024, 2**40))
     ransac_max_iterations: int = _f(100000, "RANSAC iteration cap", range=(100, 10000000), live=True)
     ransac_confidence: float = _f(0.999, "RANSAC stop confidence", range=(0.5, 0.999999), live=True)
     icp_refine: bool = _f(True, "refine RANSAC with point-to-plane ICP on the voxel clouds", live=True)
@@ -150,7 +153,7 @@ class PipelineConfig(_Fields):
         live=True)
     map_dir: str = _f("ukpgan_map", "folder ~/save_map writes the keyframe map to (relative: to the working "
                                     "directory); an existing map there is replaced", live=True)
-    publish_tf: bool = _f(True, "broadcast odom_frame -> sensor frame on /tf (needs tf2_ros)", live=True)
+    publish_tf: bool = _f(True, "broadcast odom_frame -> sensor frame on /tf (needs tf2_msgs)", live=True)
     odom_frame: str = _f("odom", "frame of the accumulated pose", live=True)
     model_path: str = _f("", "UKPGAN weights (.safetensors); empty means the shipped model")
     seed: int = _f(0, "seed for random sampling and RANSAC", range=(0, 2**31 - 1), live=True)
@@ -186,6 +189,8 @@ class PipelineConfig(_Fields):
             raise ConfigError(f"min_range ({self.min_range}) must be below max_range ({self.max_range})")
         if self.registration == "reference" and not self.reference_cloud:
             raise ConfigError("registration=reference needs reference_cloud (a map folder or a cloud file)")
+        if not self.odom_frame.strip() or self.odom_frame != self.odom_frame.strip():
+            raise ConfigError(f"odom_frame: {self.odom_frame!r} is not a frame name (empty or with spaces)")
         return self
 
 
@@ -203,3 +208,10 @@ class StreamConfig(_Fields):
     depth_stride: int = _f(1, "use every k-th depth pixel row/column (depth input)", range=(1, 16))
     depth_scale: float = _f(1000.0, "16UC1 depth units per metre (1000: millimetres)", range=(1.0, 100000.0))
     diagnostics_period: float = _f(1.0, "seconds between /diagnostics messages", range=(0.05, 60.0))
+    depth_info_tolerance: float = _f(
+        0.0, "depth input: pair an image with a CameraInfo whose stamp differs by at most this [s]; 0: equal stamps",
+        range=(0.0, 1.0))
+    depth_info_timeout: float = _f(
+        0.5, "depth input: seconds an image waits for the CameraInfo of its stamp; then the latest CameraInfo is "
+        "used if the intrinsics have been constant (latched or slow CameraInfo), else the image is dropped",
+        range=(0.0, 10.0))

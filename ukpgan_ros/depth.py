@@ -54,6 +54,10 @@ def depth_to_points(
     u = us.astype(np.float32) * stride
     v = vs.astype(np.float32) * stride
     fx, fy, cx, cy = (np.float32(K[0, 0]), np.float32(K[1, 1]), np.float32(K[0, 2]), np.float32(K[1, 2]))
-    x = (u - cx) * zv / fx
-    y = (v - cy) * zv / fy
-    return np.stack([x, y, zv], axis=1).astype(np.float32, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = (u - cx) * zv / fx
+        y = (v - cy) * zv / fy
+    pts = np.stack([x, y, zv], axis=1).astype(np.float32, copy=False)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):  # only absurd depths overflow float32
+        pts = pts[np.isfinite(x) & np.isfinite(y)]
+    return pts

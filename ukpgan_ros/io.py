@@ -3,25 +3,69 @@
 Every reader checks what it got, because Open3D returns an empty cloud or image on failure
 instead of raising: a bad file raises FileNotFoundError or ValueError naming the path here,
 not a shape error three modules later. Depth-frame sequences live in :mod:`ukpgan_ros.datasets`.
+
+PLY and PCD headers are parsed here before Open3D sees the file: Open3D (RPly) fills the
+points a truncated file lacks with zeros or garbage and only complains on stderr, and it
+allocates whatever a header claims (a 240-byte PLY claiming 1e8 vertices took 24 s and 5.7 GB).
+So a file must hold the data its header describes, and no more than ``max_bytes`` of it.
 """
 
 from __future__ import annotations
 
+import os
+import stat
+import struct
 from pathlib import Path
 
 import numpy as np
 import open3d as o3d
 
-__all__ = ["read_cloud", "write_cloud", "read_transform", "read_depth_png", "read_intrinsics", "read_pose_or_none"]
+__all__ = [
+    "read_cloud", "write_cloud", "read_transform", "read_depth_png", "read_intrinsics", "read_pose_or_none",
+    "regular_file", "MAX_CLOUD_BYTES",
+]
 
 _CLOUD_SUFFIXES = (".ply", ".pcd", ".npy", ".xyz", ".txt")
 
-def _existing_file(path: str | Path) -> Path:
-    """Resolve ``path`` and raise FileNotFoundError early, before a library swallows it."""
+# Default cap on the bytes a cloud file may hold or its header may claim (PipelineConfig.max_cloud_bytes).
+MAX_CLOUD_BYTES = 2 * 1024**3
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+)
+
+
+def regular_file(path: str | Path, what: str = "file") -> Path:
+    """``path`` as a readable regular file, or a clear error saying which of those it is not.
+
+    FileNotFoundError when nothing is there; ValueError for a directory, a device (``/dev/zero``),
+    a FIFO (which would block a reader forever) or a socket, and for a file that cannot be
+    opened for reading. Nothing is read: a FIFO is never opened.
+    """
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"no such file: {p}" + (" (it is a directory)" if p.is_dir() else ""))
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {p}") from None
+    except OSError as exc:
+        raise ValueError(f"{p}: cannot examine this {what} ({exc.strerror})") from None
+    for test, kind in _FILE_KINDS:
+        if test(st.st_mode):
+            raise ValueError(f"{p}: is {kind}, not a regular {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{p}: not a regular {what}")
+    try:
+        fd = os.open(p, os.O_RDONLY)
+    except OSError as exc:
+        raise ValueError(f"{p}: {what} is not readable ({exc.strerror})") from None
+    os.close(fd)
     return p
+
+
+def _existing_file(path: str | Path) -> Path:
+    """Resolve ``path`` and raise early, before a library swallows the problem (see regular_file)."""
+    return regular_file(path)
 
 
 def _finite_points(points: np.ndarray, path: Path) -> np.ndarray:
@@ -33,24 +77,235 @@ def _finite_points(points: np.ndarray, path: Path) -> np.ndarray:
     return np.ascontiguousarray(pts)
 
 
+# ----------------------------------------------------------------------------- cloud headers
+
+_HEADER_LIMIT = 1 << 16  # a PLY/PCD header longer than 64 KiB is not one
+_PLY_SIZES = {"char": 1, "int8": 1, "uchar": 1, "uint8": 1, "short": 2, "int16": 2, "ushort": 2, "uint16": 2,
+              "int": 4, "int32": 4, "uint": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+
+
+def _read_header(p: Path, end_marker: bytes) -> tuple[bytes, int]:
+    """The header text up to and including the line starting with ``end_marker`` and its length."""
+    with open(p, "rb") as fh:
+        head = fh.read(_HEADER_LIMIT)
+    pos = 0
+    while True:
+        nl = head.find(b"\n", pos)
+        if nl < 0:
+            raise ValueError(f"{p}: no {end_marker.decode()} line in the first {_HEADER_LIMIT} bytes: "
+                             "not a valid header (or the file is truncated)")
+        if head[pos:nl].lstrip().startswith(end_marker):
+            return head[:nl + 1], nl + 1
+        pos = nl + 1
+
+
+def _header_lines(header: bytes, p: Path) -> list[list[str]]:
+    try:
+        text = header.decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError(f"{p}: the header is not ASCII text") from None
+    return [ln.split() for ln in text.splitlines() if ln.strip()]
+
+
+def _check_cap(p: Path, claimed: int, what: str, max_bytes: int) -> None:
+    if claimed > max_bytes:
+        raise ValueError(f"{p}: the header claims {what} = {claimed:,} bytes of data, over the "
+                         f"{max_bytes:,}-byte cap (max_cloud_bytes); refusing to allocate it")
+
+
+def _check_text_rows(p: Path, start: int, size: int, skip: int, rows: int, min_tokens: int, what: str) -> None:
+    """ASCII bodies: after ``skip`` other rows, ``rows`` non-empty lines with at least ``min_tokens`` values each.
+
+    Each such line takes at least 2 bytes per value, which refuses absurd counts without reading;
+    otherwise the body is streamed line by line (nothing of its size is held in memory).
+    """
+    if rows * 2 * max(min_tokens, 1) > size - start:
+        raise ValueError(f"{p}: truncated: the header claims {what} ({rows:,} lines of at least {min_tokens} values), "
+                         f"more than the {size - start:,} bytes after the header can hold")
+    seen = 0
+    with open(p, "rb") as fh:
+        fh.seek(start)
+        for ln in fh:
+            tokens = len(ln.split())
+            if not tokens:
+                continue
+            if seen >= skip:
+                if tokens < min_tokens:
+                    raise ValueError(f"{p}: truncated or malformed: data line {seen + 1} has {tokens} values, "
+                                     f"the header declares {min_tokens}")
+                if seen + 1 >= skip + rows:
+                    return
+            seen += 1
+    if seen < skip + rows:
+        raise ValueError(f"{p}: truncated: the header claims {what} ({skip + rows:,} lines of data), the file holds {seen:,}")
+
+
+def _check_ply(p: Path, size: int, max_bytes: int) -> None:
+    """Raise ValueError unless the PLY holds at least the bytes (lines) its header claims."""
+    with open(p, "rb") as fh:
+        magic = fh.read(4)
+    if magic.rstrip(b"\r\n") != b"ply":
+        raise ValueError(f"{p}: not a PLY file (it does not start with 'ply')")
+    header, start = _read_header(p, b"end_header")
+    fmt = None
+    elements: list[list] = []  # [name, count, scalar bytes, list count bytes, has list, property names]
+    for n, words in enumerate(_header_lines(header, p), 1):
+        key = words[0]
+        if key == "format":
+            fmt = words[1] if len(words) > 1 else None
+        elif key == "element":
+            try:
+                count = int(words[2])
+            except (IndexError, ValueError):
+                raise ValueError(f"{p}: header line {n}: expected 'element <name> <count>'") from None
+            if count < 0:
+                raise ValueError(f"{p}: header line {n}: negative element count {count}")
+            elements.append([words[1], count, 0, 0, False, []])
+        elif key == "property":
+            if not elements:
+                raise ValueError(f"{p}: header line {n}: property before any element")
+            el = elements[-1]
+            if len(words) >= 5 and words[1] == "list":
+                if words[2] not in _PLY_SIZES or words[3] not in _PLY_SIZES:
+                    raise ValueError(f"{p}: header line {n}: unknown list types {words[2]!r}/{words[3]!r}")
+                el[3] += _PLY_SIZES[words[2]]
+                el[4] = True
+                el[5].append(words[4])
+            elif len(words) == 3 and words[1] in _PLY_SIZES:
+                el[2] += _PLY_SIZES[words[1]]
+                el[5].append(words[2])
+            else:
+                raise ValueError(f"{p}: header line {n}: unknown property {' '.join(words[1:])!r}")
+    if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
+        raise ValueError(f"{p}: unknown PLY format {fmt!r} (expected ascii or binary_little/big_endian)")
+    vertex = next((el for el in elements if el[0] == "vertex"), None)
+    if vertex is None or not {"x", "y", "z"} <= set(vertex[5]):
+        raise ValueError(f"{p}: the PLY has no vertex element with x, y, z properties")
+    body = size - start
+    claim = f"{vertex[1]:,} vertices"
+    if fmt == "ascii":
+        before = 0
+        for el in elements:  # rows of the elements stored before the vertices
+            if el is vertex:
+                break
+            before += el[1]
+        min_tokens = len(vertex[5]) if not vertex[4] else 3
+        _check_text_rows(p, start, size, before, vertex[1], min_tokens, claim)
+        return
+    # Binary: every row holds its scalars and, per list, at least the item count.
+    need = sum(el[1] * (el[2] + el[3]) for el in elements)
+    exact = not any(el[4] for el in elements)
+    _check_cap(p, vertex[1] * (vertex[2] + vertex[3]), f"{claim} x {vertex[2] + vertex[3]} bytes", max_bytes)
+    if body < need:
+        detail = " + ".join(f"{el[1]:,} {el[0]} x {el[2] + el[3]} bytes" for el in elements if el[1])
+        raise ValueError(f"{p}: truncated PLY: the header claims {detail} = {need:,} bytes of data"
+                         f"{'' if exact else ' at least'}, but the file holds {body:,} bytes after the header")
+
+
+_PCD_TYPES = {("F", 4), ("F", 8), ("I", 1), ("I", 2), ("I", 4), ("I", 8), ("U", 1), ("U", 2), ("U", 4), ("U", 8)}
+
+
+def _check_pcd(p: Path, size: int, max_bytes: int) -> None:
+    """Raise ValueError unless the PCD holds the points its header claims."""
+    header, start = _read_header(p, b"DATA")
+    fields: dict[str, list[str]] = {}
+    for words in _header_lines(header, p):
+        if words[0].startswith("#"):
+            continue
+        fields[words[0].upper()] = words[1:]
+    names = fields.get("FIELDS", [])
+    if not {"x", "y", "z"} <= set(names):
+        raise ValueError(f"{p}: the PCD header has no FIELDS x y z (got {' '.join(names) or 'none'})")
+    try:
+        sizes = [int(s) for s in fields["SIZE"]]
+        types = fields.get("TYPE", ["F"] * len(names))
+        counts = [int(c) for c in fields.get("COUNT", ["1"] * len(names))]
+        width, height = int(fields["WIDTH"][0]), int(fields.get("HEIGHT", ["1"])[0])
+        points = int(fields["POINTS"][0]) if "POINTS" in fields else width * height
+        data = fields["DATA"][0].lower()
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"{p}: incomplete or malformed PCD header ({exc!r})") from None
+    if not len(names) == len(sizes) == len(types) == len(counts):
+        raise ValueError(f"{p}: FIELDS, SIZE, TYPE and COUNT have different lengths in the PCD header")
+    bad = [(t, s) for t, s in zip(types, sizes) if (t.upper(), s) not in _PCD_TYPES]
+    if bad or min(counts) < 1 or min(width, height, points) < 0:
+        raise ValueError(f"{p}: invalid PCD header (TYPE/SIZE {bad}, COUNT {counts}, WIDTH {width}, "
+                         f"HEIGHT {height}, POINTS {points})")
+    row = sum(s * c for s, c in zip(sizes, counts))
+    claim = f"{points:,} points x {row} bytes"
+    _check_cap(p, points * row, claim, max_bytes)
+    body = size - start
+    if data == "ascii":
+        _check_text_rows(p, start, size, 0, points, sum(counts), f"{points:,} points")
+    elif data == "binary":
+        if body < points * row:
+            raise ValueError(f"{p}: truncated PCD: the header claims {claim} = {points * row:,} bytes of data, "
+                             f"but the file holds {body:,} bytes after the header")
+    elif data == "binary_compressed":
+        with open(p, "rb") as fh:
+            fh.seek(start)
+            sizes_raw = fh.read(8)
+        if len(sizes_raw) < 8:
+            raise ValueError(f"{p}: truncated PCD: binary_compressed data without its size record")
+        compressed, uncompressed = struct.unpack("<II", sizes_raw)
+        if uncompressed != points * row:
+            raise ValueError(f"{p}: the compressed PCD data unpacks to {uncompressed:,} bytes, but the header "
+                             f"claims {claim} = {points * row:,}")
+        if uncompressed > 100 * compressed + 1024:  # an LZF back-reference (3 bytes) expands to 264 at most
+            raise ValueError(f"{p}: {compressed:,} bytes of LZF data cannot unpack to the {uncompressed:,} the "
+                             f"header claims ({claim}); the header is wrong")
+        if body - 8 < compressed:
+            raise ValueError(f"{p}: truncated PCD: {compressed:,} bytes of compressed data claimed, "
+                             f"{body - 8:,} present")
+    else:
+        raise ValueError(f"{p}: unknown PCD DATA type {data!r} (expected ascii, binary or binary_compressed)")
+
+
+def _check_npy(p: Path, size: int, max_bytes: int) -> None:
+    """Raise ValueError unless the .npy header is valid and the file holds the array it describes."""
+    try:
+        with open(p, "rb") as fh:
+            major, _ = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+            start = fh.tell()
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise ValueError(f"{p}: not a readable .npy array ({exc})") from None
+    if dtype.hasobject:
+        raise ValueError(f"{p}: a .npy of Python objects is not a cloud (dtype {dtype})")
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    _check_cap(p, need, f"shape {shape} of {dtype}", max_bytes)
+    if size - start < need:
+        raise ValueError(f"{p}: truncated .npy: shape {shape} of {dtype} needs {need:,} bytes, "
+                         f"the file holds {size - start:,} after the header")
+
+
 # ----------------------------------------------------------------------------- point clouds
 
 
-def read_cloud(path: str | Path) -> np.ndarray:
+def read_cloud(path: str | Path, max_bytes: int = MAX_CLOUD_BYTES) -> np.ndarray:
     """Read a PLY, PCD (ascii/binary/binary_compressed), NPY (N, 3) or XYZ/TXT cloud as float32 (N, 3).
 
     Non-finite points (organised PCDs mark holes with NaN) are dropped. XYZ/TXT take the first
     three whitespace- or comma-separated columns, so ``x y z nx ny nz`` files load too.
+    A file larger than ``max_bytes``, or whose header claims more point data than that, is refused
+    before anything is allocated; a PLY/PCD holding less data than its header claims (truncated)
+    is refused too.
     """
     p = _existing_file(path)
     suffix = p.suffix.lower()
+    size = p.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{p}: {size:,} bytes, over the {max_bytes:,}-byte cap (max_cloud_bytes)")
     if suffix in (".ply", ".pcd"):
+        (_check_ply if suffix == ".ply" else _check_pcd)(p, size, max_bytes)
         with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
             pcd = o3d.io.read_point_cloud(str(p))
         if len(pcd.points) == 0:
             raise ValueError(f"{p}: Open3D could not read a point cloud from it (bad header, truncated or empty)")
         return _finite_points(np.asarray(pcd.points), p)
     if suffix == ".npy":
+        _check_npy(p, size, max_bytes)
         try:
             arr = np.load(p, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:

@@ -142,7 +142,7 @@ class KeypointPipeline:
         if reference_points is None:
             from ukpgan_ros.io import read_cloud
 
-            reference_points = read_cloud(cfg.reference_cloud)
+            reference_points = read_cloud(cfg.reference_cloud, max_bytes=cfg.max_cloud_bytes)
         self._choose_voxel(reference_points, crop=False)
         # FPFH needs consistent normal signs: like a recorded frame or a 3DMatch fragment, the
         # reference is taken to be seen from the origin of its own frame.

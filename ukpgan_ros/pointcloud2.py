@@ -44,6 +44,11 @@ _POINTFIELD_DTYPES: dict[int, str] = {
 POINTFIELD_FLOAT32 = 7
 _XYZ = ("x", "y", "z")
 
+# Sane pinhole intrinsics in pixels: back-projection runs in float32, where fx = 1e-300 is 0 and
+# |cx| = 1e39 is inf; within these bounds every back-projected coordinate is finite.
+MIN_FOCAL_PX = 1e-3
+MAX_INTRINSIC_PX = 1e8
+
 # Depth encodings -> (NumPy type without byte order, bytes per pixel).
 DEPTH_ENCODINGS: dict[str, tuple[str, int]] = {"16UC1": ("u2", 2), "mono16": ("u2", 2), "32FC1": ("f4", 4)}
 
@@ -264,6 +269,12 @@ def camera_info_to_K(msg: Any) -> np.ndarray:
         raise CloudFormatError(f"CameraInfo k must hold 9 numbers, got {k!r}") from None
     if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
         raise CloudFormatError(f"invalid intrinsics (need finite k with fx, fy > 0): {K.tolist()}")
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    if not (MIN_FOCAL_PX <= fx <= MAX_INTRINSIC_PX and MIN_FOCAL_PX <= fy <= MAX_INTRINSIC_PX
+            and abs(cx) <= MAX_INTRINSIC_PX and abs(cy) <= MAX_INTRINSIC_PX):
+        raise CloudFormatError(
+            f"invalid intrinsics fx={fx:g}, fy={fy:g}, cx={cx:g}, cy={cy:g}: a pinhole camera needs "
+            f"{MIN_FOCAL_PX:g} <= fx, fy <= {MAX_INTRINSIC_PX:g} px and |cx|, |cy| <= {MAX_INTRINSIC_PX:g} px")
     return K
 
 

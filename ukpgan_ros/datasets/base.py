@@ -9,7 +9,7 @@ import numpy as np
 
 from ukpgan_ros.depth import depth_to_points
 
-__all__ = ["DepthFrame", "DepthSequence", "IndexedSequence"]
+__all__ = ["DepthFrame", "DepthSequence", "IndexedSequence", "has_depth"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -19,6 +19,9 @@ class DepthFrame:
     ``pose`` maps optical-frame points (x right, y down, z forward) to the world
     (world <- camera), so ``T_i_from_j = inv(pose_i) @ pose_j``. Equality is identity:
     comparing frames element-wise is the caller's job.
+
+    A frame of a point-cloud source (a bag's PointCloud2 topic) carries its points in ``cloud``
+    instead: ``depth_m`` is then an empty (0, 0) image, ``K`` is NaN and ``has_depth`` is False.
     """
 
     index: int
@@ -26,6 +29,7 @@ class DepthFrame:
     depth_m: np.ndarray
     K: np.ndarray
     pose: np.ndarray | None = None
+    cloud: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.depth_m.ndim != 2 or self.depth_m.dtype != np.float32:
@@ -34,6 +38,19 @@ class DepthFrame:
             raise ValueError(f"frame {self.index}: K must be 3x3, got shape {np.shape(self.K)}")
         if self.pose is not None and np.shape(self.pose) != (4, 4):
             raise ValueError(f"frame {self.index}: pose must be 4x4 or None, got shape {np.shape(self.pose)}")
+        if self.cloud is not None and (self.cloud.ndim != 2 or self.cloud.shape[1] != 3 or self.cloud.dtype != np.float32):
+            raise ValueError(f"frame {self.index}: cloud must be float32 (N, 3), got {self.cloud.dtype} {self.cloud.shape}")
+
+    @classmethod
+    def from_cloud(cls, index: int, stamp: float, points: np.ndarray, pose: np.ndarray | None = None) -> "DepthFrame":
+        """A frame of a point-cloud source: (N, 3) points in the sensor frame, no depth image."""
+        return cls(index=index, stamp=stamp, depth_m=np.zeros((0, 0), np.float32), K=np.full((3, 3), np.nan),
+                   pose=pose, cloud=np.ascontiguousarray(points, dtype=np.float32))
+
+    @property
+    def has_depth(self) -> bool:
+        """False for a point-cloud frame, which cannot be replayed as a depth image."""
+        return self.cloud is None
 
     @property
     def height(self) -> int:
@@ -44,8 +61,19 @@ class DepthFrame:
         return int(self.depth_m.shape[1])
 
     def points(self, stride: int = 1, min_depth: float = 0.0, max_depth: float = np.inf) -> np.ndarray:
-        """Back-project the valid pixels to (N, 3) float32 in the optical frame (see depth_to_points)."""
-        return depth_to_points(self.depth_m, self.K, stride=stride, min_depth=min_depth, max_depth=max_depth)
+        """Back-project the valid pixels to (N, 3) float32 in the optical frame (see depth_to_points).
+
+        A point-cloud frame returns every ``stride``-th of its points whose z lies in
+        [min_depth, max_depth] (z is the depth in an optical frame).
+        """
+        if self.cloud is None:
+            return depth_to_points(self.depth_m, self.K, stride=stride, min_depth=min_depth, max_depth=max_depth)
+        if stride < 1:
+            raise ValueError("stride must be >= 1")
+        pts = self.cloud[::stride]
+        if min_depth > 0 or np.isfinite(max_depth):
+            pts = pts[(pts[:, 2] >= min_depth) & (pts[:, 2] <= max_depth)]
+        return pts
 
 
 @runtime_checkable
@@ -61,6 +89,11 @@ class DepthSequence(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, i: int) -> DepthFrame: ...
+
+
+def has_depth(sequence: DepthSequence) -> bool:
+    """Whether a sequence's frames carry depth images (False for a bag of PointCloud2 only)."""
+    return bool(getattr(sequence, "has_depth", True))
 
 
 class IndexedSequence:

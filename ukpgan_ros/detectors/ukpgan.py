@@ -20,7 +20,24 @@ from ukpgan_ros.features.normals import estimate_normals
 from ukpgan_ros.model.checkpoint import load_encoder
 from ukpgan_ros.model.features import FeatureSpec
 
-__all__ = ["UkpganDetector"]
+__all__ = ["UkpganDetector", "probe_cloud"]
+
+
+def probe_cloud(voxel_size: float) -> np.ndarray:
+    """A fixed test scene in units of ``voxel_size``: the inside corner of a box (three 16-voxel
+    walls) with a ball of radius 5 voxels in it, sampled on the voxel grid (961 points).
+    Every SHOT neighbourhood in it is well populated, so a sound model gives finite
+    probabilities in [0, 1] on every point."""
+    g = np.arange(16, dtype=np.float32)
+    a, b = (m.ravel() for m in np.meshgrid(g, g, indexing="ij"))
+    z = np.zeros_like(a)
+    walls = np.concatenate([np.stack(c, axis=1) for c in ((a, b, z), (a, z, b), (z, a, b))])
+    n = 240  # Fibonacci sphere: near-uniform points, about one per voxel of surface
+    k = np.arange(n, dtype=np.float64) + 0.5
+    phi, theta = np.arccos(1 - 2 * k / n), np.pi * (1 + 5**0.5) * k
+    ball = 5.0 * np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], axis=1) + 8.0
+    pts = np.unique(np.concatenate([walls, ball.astype(np.float32)]), axis=0)
+    return (pts * np.float32(voxel_size)).astype(np.float32)
 
 
 class UkpganDetector:
@@ -49,6 +66,21 @@ class UkpganDetector:
         self.feature = FeatureSpec.from_dict(self.metadata["feature"])
         self.voxel_size, self.nms_radius = float(voxel_size), float(nms_radius)
         self.prob_threshold, self.block = prob_threshold, int(block)
+        self.model_path = str(model_path)
+        self._probe()
+
+    def _probe(self) -> None:
+        """Run the model once on :func:`probe_cloud`: a model whose output is not a probability
+        there (NaN, inf, outside [0, 1]) is broken, and must fail configure rather than have every
+        frame dropped later as if the input were bad."""
+        pts = probe_cloud(self.voxel_size)
+        try:
+            prob = self.probabilities(pts)
+        except RuntimeError as exc:
+            raise ValueError(f"{self.model_path}: {exc}") from None
+        if not ((prob >= 0) & (prob <= 1)).all():
+            raise ValueError(f"{self.model_path}: the model's keypoint probabilities on the built-in probe cloud "
+                             f"leave [0, 1] (range {np.nanmin(prob):.3g} to {np.nanmax(prob):.3g}); it is broken")
 
     @property
     def feature_radius(self) -> float:
@@ -81,6 +113,11 @@ class UkpganDetector:
             out[idx] = self.encoder.probabilities(torch.from_numpy(feats).to(self.device)).cpu().numpy()
             if kept is not None:
                 kept[idx] = feats
+        bad = int((~np.isfinite(out)).sum())
+        if bad:
+            # Input points are finite and SHOT is bounded: this is the model, not the frame.
+            raise RuntimeError(f"the UKPGAN model gives non-finite keypoint probabilities for {bad} of {len(out)} "
+                               "points; the model is broken (non-finite or overflowing weights)")
         return out, kept
 
     def detect(self, points: np.ndarray, normals: np.ndarray | None, max_keypoints: int) -> Keypoints:

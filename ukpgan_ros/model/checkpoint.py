@@ -17,9 +17,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from ukpgan_ros.device import resolve_device
+from ukpgan_ros.io import regular_file
 from ukpgan_ros.model.networks import Encoder, ModelConfig
 
-__all__ = ["FORMAT", "export_encoder", "load_encoder", "read_metadata", "metadata_path"]
+__all__ = ["FORMAT", "export_encoder", "load_encoder", "read_metadata", "metadata_path", "check_finite"]
 
 FORMAT = "ukpgan-encoder/1"
 _HEADER_KEY = "ukpgan"
@@ -45,16 +46,27 @@ def export_encoder(path: str | Path, encoder: Encoder, model_cfg: ModelConfig, m
     return path
 
 
+def _weights_file(path: str | Path) -> Path:
+    """``path`` as a readable regular file: FileNotFoundError when missing, ValueError when it is a
+    directory, device, FIFO or socket, or cannot be opened (see :func:`ukpgan_ros.io.regular_file`)."""
+    try:
+        return regular_file(path, "UKPGAN weights file")
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc} (train with `ukpgan train` or set model_path)") from None
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata record embedded in exported weights; clear errors for missing/corrupt files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"UKPGAN weights not found: {path} (train with `ukpgan train` or set model_path)")
+    """The metadata record embedded in exported weights; clear errors for missing/corrupt files.
+
+    Distinguishes a missing file (FileNotFoundError) from one that is not a regular file, cannot
+    be read, is not a safetensors file or has no UKPGAN record (ValueError, saying which).
+    """
+    path = _weights_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
+        raise ValueError(f"{path}: not a UKPGAN model: not a safetensors file ({exc})") from exc
     if _HEADER_KEY not in header:
         raise ValueError(f"{path}: safetensors file without UKPGAN metadata (key {_HEADER_KEY!r})")
     try:
@@ -69,11 +81,29 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 def load_encoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[Encoder, dict[str, Any]]:
     """Rebuild the exported encoder on ``device`` ('auto' allowed) in eval mode, with its metadata."""
     record = read_metadata(path)
-    cfg = ModelConfig.from_dict(record["model"])
+    try:
+        cfg = ModelConfig.from_dict(record["model"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a UKPGAN model: its recorded model config is invalid ({exc!r})") from None
     encoder = Encoder(cfg)
     try:
         state = load_file(str(path), device="cpu")
         encoder.load_state_dict(state, strict=True)
-    except (SafetensorError, RuntimeError) as exc:
+    except (SafetensorError, RuntimeError, OSError) as exc:
         raise ValueError(f"{path}: weights do not match the recorded model config ({exc})") from exc
+    check_finite(state, path)
     return encoder.to(resolve_device(device)).eval(), record
+
+
+def check_finite(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Raise ValueError naming the tensors that hold NaN or inf (a diverged or corrupted model)."""
+    bad = []
+    for name, t in state.items():
+        if t.is_floating_point():
+            n = int((~torch.isfinite(t)).sum())
+            if n:
+                bad.append(f"{name} ({n} of {t.numel()})")
+    if bad:
+        raise ValueError(f"{path}: the model has non-finite weights (NaN/inf) in {len(bad)} of {len(state)} "
+                         f"tensors: {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}; it is broken "
+                         "(diverged training or a corrupted file)")

@@ -1,8 +1,10 @@
 """``ukpgan demo``: the real detector node and a depth player in one process, scored against
 ground truth.
 
-Frames go out in lock step (the next one after the node has finished the last), so the
-score covers every published pair; the node's own drop counter is reported as well. In an
+Frames go out in lock step (the next one after the node has accounted for the last), and the
+score covers exactly the frames the node processed, matched by stamp: each placed frame's pose is
+compared with the ground truth relative to the last placed frame (the motion the node reports on
+``~/transform``), or, in reference mode, relative to the map's origin. In an
 odometry mode (keyframe, consecutive) the demo then runs the other odometry mode on the same
 frames and compares their drift per metre. ``--jump K`` skips the K frames that follow the
 middle of the covered ones (a kidnapped sensor) and reports whether, and after how many
@@ -42,7 +44,7 @@ class _Inbox:
 
     def __init__(self) -> None:
         self.lock = threading.Condition()
-        self.keypoints: dict[float, int] = {}
+        self.keypoints: dict[float, tuple[int, float]] = {}  # stamp -> (count, arrival time)
         self.transforms: dict[float, np.ndarray] = {}
         self.poses: dict[float, np.ndarray] = {}
 
@@ -127,13 +129,14 @@ def _run_mode(args, cfg: PipelineConfig, seq, indices: list[int], skipped, out: 
         context=context, sequence=seq,
         parameter_overrides=[Parameter("autostart", value=False), Parameter("start", value=indices[0]),
                              Parameter("max_frames", value=1),
-                             Parameter("output", value="both" if args.input == "depth" else "cloud")],
+                             Parameter("output", value=args.input)],
     )
     probe = rclpy.create_node("ukpgan_demo_probe", context=context)
     inbox = _Inbox()
     ns = det.get_fully_qualified_name()
     probe.create_subscription(PointCloud2, f"{ns}/keypoints",
-                              lambda m: inbox.put("keypoints", stamp_to_seconds(m.header.stamp), m.width * m.height), 10)
+                              lambda m: inbox.put("keypoints", stamp_to_seconds(m.header.stamp),
+                                                  (m.width * m.height, time.monotonic())), 10)
     probe.create_subscription(TransformStamped, f"{ns}/transform",
                               lambda m: inbox.put("transforms", stamp_to_seconds(m.header.stamp), transform_stamped_to_matrix(m)), 10)
     probe.create_subscription(PoseStamped, f"{ns}/pose",
@@ -148,7 +151,14 @@ def _run_mode(args, cfg: PipelineConfig, seq, indices: list[int], skipped, out: 
             print("demo: the detector node failed to configure (see the log above)")
             return 1, {"mode": cfg.registration}
         det.trigger_activate()
-        time.sleep(0.5)  # discovery between the player and the node
+        # Discovery: the first frame must not be published before every reader is matched.
+        outputs = [det._pubs[k] for k in ("keypoints", "transform", "pose")]
+        deadline = time.monotonic() + 20.0
+        while any(p.get_subscription_count() == 0 for p in outputs) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not player.wait_for_subscribers(max(0.0, deadline - time.monotonic())):
+            print("demo: the detector did not subscribe to the player within 20 s")
+            return 1, {"mode": cfg.registration}
         return _play(args, cfg, seq, indices, skipped, player, det, inbox, out)
     finally:
         try:
@@ -159,6 +169,9 @@ def _run_mode(args, cfg: PipelineConfig, seq, indices: list[int], skipped, out: 
         for n in (det, player, probe):
             n.destroy_node()
         rclpy.try_shutdown(context=context)
+
+
+_OUTCOMES = ("processed", "dropped", "malformed", "unpaired", "errors")
 
 
 def _map_origin(cfg: PipelineConfig, seq) -> np.ndarray | None:
@@ -197,8 +210,9 @@ def _play(args, cfg, seq, indices, skipped, player, det, inbox, out: Path) -> tu
           f"{indices[0]}{f', frames {skipped[0]}-{skipped[1] - 1} skipped' if skipped else ''}), "
           f"registration {cfg.registration}, detector {cfg.detector}, descriptor {cfg.descriptor}, voxel {cfg.voxel_size} m")
     err_head = "pose vs GT in the map" if reference else "motion error"
+    published = 0
     print(f"{'frame':>6} {'kps':>5} {'latency':>9} {'status':>12} {'RE[deg]':>8} {'TE[cm]':>7} {'GT motion':>14}  ({err_head})")
-    for n_pub, idx in enumerate(indices):
+    for idx in indices:
         frame_gt = seq[idx].pose
         if skipped is not None and idx >= skipped[1] and before_jump is None and "frames_after" not in jump_report:
             before_jump = last_placed or (None, None, None)
@@ -206,21 +220,24 @@ def _play(args, cfg, seq, indices, skipped, player, det, inbox, out: Path) -> tu
         before = det.diagnostics_snapshot()
         t_pub = time.monotonic()
         header = player.publish_frame(idx)
+        published += 1
         stamp = stamp_to_seconds(header.stamp)
-        if not inbox.wait_for("keypoints", stamp, args.timeout):
-            print(f"{idx:>6} no result within {args.timeout} s (dropped or malformed)")
+        # The node (in this process) accounts for every frame it received: processed or a counted drop.
+        after = _wait_accounted(det, sum(before[k] for k in _OUTCOMES) + 1, args.timeout)
+        if after["processed"] == before["processed"] or not inbox.wait_for("keypoints", stamp, args.timeout):
+            why = ", ".join(f"{k} +{after[k] - before[k]}" for k in _OUTCOMES if after[k] != before[k]) or "no answer"
+            print(f"{idx:>6} not processed ({why})", flush=True)
             continue
-        latency = time.monotonic() - t_pub
-        # The node (in this process) says whether the frame got a pose; only then is a pose
-        # (and a transform) on the way, however long the loaded machine takes to deliver them.
-        after = _wait_processed(det, before["processed"] + 1, args.timeout)
-        placed = cfg.registration != "none" and after["failed"] == before["failed"] and after["processed"] > before["processed"]
+        n_kps, t_kps = inbox.keypoints[stamp]
+        # The node says whether the frame got a pose; only then is a pose (and a transform) on the
+        # way, however long the loaded machine takes to deliver them.
+        placed = cfg.registration != "none" and after["failed"] == before["failed"]
         got_pose = placed and inbox.wait_for("poses", stamp, args.timeout)
         if got_pose and (reference or last_placed is not None):
             inbox.wait_for("transforms", stamp, args.timeout)
         pose = inbox.poses.get(stamp) if got_pose else None
         status = _status(before, after, pose is not None, reference)
-        row = {"frame": idx, "keypoints": inbox.keypoints[stamp], "latency_ms": 1e3 * latency, "status": status}
+        row = {"frame": idx, "keypoints": n_kps, "latency_ms": 1e3 * (t_kps - t_pub), "status": status}
         line = f"{idx:>6} {row['keypoints']:>5} {row['latency_ms']:>7.0f}ms {status:>12}"
         ref_gt = last_placed[1] if last_placed is not None and not reference else prev_gt
         if reference:
@@ -258,11 +275,11 @@ def _play(args, cfg, seq, indices, skipped, player, det, inbox, out: Path) -> tu
             est_positions.append(np.zeros(3))
         prev_gt = frame_gt
         rows.append(row)
-    summary = _summarise(args, cfg, rows, det, inbox, np.array(est_positions), np.array(gt_positions), first_gt,
-                         prev_gt, out, origin_gt)
+    summary = _summarise(args, cfg, published, rows, det, inbox, np.array(est_positions), np.array(gt_positions),
+                         first_gt, prev_gt, out, origin_gt)
     if skipped is not None:
         _report_jump(skipped, jump_report, summary)
-    ok = summary["processed"] > 0 and summary["errors"] == 0
+    ok = len(rows) > 0 and summary["errors"] == 0
     return (0 if ok else 1), summary
 
 
@@ -284,16 +301,17 @@ def _report_jump(skipped, rep: dict, summary: dict) -> None:
     summary["jump"] = {"recovered": True, **rep}
 
 
-def _wait_processed(det, n: int, timeout: float) -> dict:
+def _wait_accounted(det, n: int, timeout: float) -> dict:
+    """The node's counters once ``n`` frames have an outcome (or the timeout passed)."""
     deadline = time.monotonic() + timeout
     snap = det.diagnostics_snapshot()
-    while snap["processed"] < n and time.monotonic() < deadline:
+    while sum(snap[k] for k in _OUTCOMES) < n and time.monotonic() < deadline:
         time.sleep(0.005)
         snap = det.diagnostics_snapshot()
     return snap
 
 
-def _summarise(args, cfg, rows, det, inbox, est, gt, first_gt, last_gt, out: Path, origin_gt) -> dict:
+def _summarise(args, cfg, published, rows, det, inbox, est, gt, first_gt, last_gt, out: Path, origin_gt) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     scored = [r for r in rows if "re_deg" in r]
     pairs = [r for r in rows if "gt_rot_deg" in r]
@@ -302,9 +320,10 @@ def _summarise(args, cfg, rows, det, inbox, est, gt, first_gt, last_gt, out: Pat
     summary = {"mode": cfg.registration, "processed": stats["processed"], "errors": stats["errors"],
                "pairs": max(0, len(rows) - 1), "placed": len(placed)}
     print(f"\nsummary ({cfg.registration})")
-    print(f"  frames published {len(rows)}, processed {stats['processed']}, dropped by the node {stats['dropped']}, "
-          f"malformed {stats['malformed']}, not placed {stats['failed']}, relocalisations {stats['relocalizations']}, "
-          f"keyframes {stats['keyframes']}")
+    # processed: published frames whose keypoints came back (by stamp), so never more than published.
+    print(f"  frames published {published}, processed {len(rows)}, dropped by the node {stats['dropped']}, "
+          f"malformed {stats['malformed']}, without camera_info {stats['unpaired']}, not placed {stats['failed']}, "
+          f"relocalisations {stats['relocalizations']}, keyframes {stats['keyframes']}")
     lat = [r["latency_ms"] for r in rows]
     if lat:
         print(f"  latency publish->keypoints: median {np.median(lat):.0f} ms, max {np.max(lat):.0f} ms")

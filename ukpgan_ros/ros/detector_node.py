@@ -24,7 +24,7 @@ from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformS
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 try:  # Iron and newer
     from rclpy.event_handler import SubscriptionEventCallbacks
 except ImportError:  # Humble
@@ -33,6 +33,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
+from ukpgan_ros.camera_sync import CameraSync, Paired, stamp_ns
 from ukpgan_ros.config import PipelineConfig, StreamConfig
 from ukpgan_ros.pointcloud2 import CloudFormatError, depth_msgs_to_points, pointcloud2_to_xyz
 from ukpgan_ros.ros.cloud_msgs import xyz_to_pointcloud2
@@ -61,13 +62,16 @@ class UkpganDetectorNode(LifecycleNode):
         self._diag_timer = None
         self._track_services: list[Any] = []
         self._initialpose_sub = None
-        self._camera_info: CameraInfo | None = None
+        self._sync: CameraSync | None = None  # depth input: images paired with their CameraInfo
+        self._arrival: dict[int, float] = {}  # id(image) -> arrival time, while it waits for its CameraInfo
         self._mailbox: tuple[str, Any, float] | None = None
         self._cond = threading.Condition()
         self._worker: threading.Thread | None = None
         self._running = False
         self._reliability: ReliabilityPolicy | None = None
         self._incompatible = False
+        self._incompatible_info = False
+        self._info_sub = None
         self._stats = FrameStats()
         self._lock = threading.Lock()  # guards _pipeline/_cfg against reconfiguration
 
@@ -83,7 +87,8 @@ class UkpganDetectorNode(LifecycleNode):
                                               {p.name for p in params if p.name in self._param_names})
                 self._pipeline.cfg = self._cfg
                 if later:
-                    self.get_logger().info(f"{', '.join(later)} take effect at the next configure")
+                    verb = "takes" if len(later) == 1 else "take"
+                    self.get_logger().info(f"{', '.join(later)} {verb} effect at the next configure")
         return result
 
     # ------------------------------------------------------------------ lifecycle
@@ -107,19 +112,11 @@ class UkpganDetectorNode(LifecycleNode):
             "odometry": self.create_lifecycle_publisher(Odometry, "~/odometry", 10),
         }
         self._track_services = [self.create_service(Trigger, "~/reset", self._on_reset),
-                          self.create_service(Trigger, "~/save_map", self._on_save_map)]
+                                self.create_service(Trigger, "~/save_map", self._on_save_map)]
         self._initialpose_sub = self.create_subscription(PoseWithCovarianceStamped, "initialpose",
                                                          self._on_initialpose, 10)
         self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._tf = None
-        if cfg.publish_tf:
-            try:
-                from tf2_ros import TransformBroadcaster
-
-                self._tf = TransformBroadcaster(self)
-            except ImportError:
-                self.get_logger().warning("tf2_ros is not importable: TF broadcasting is off "
-                                          "(~/pose and ~/transform are still published)")
+        self._tf = self._create_tf_publisher()
         self._stats = FrameStats()
         self.get_logger().info(
             f"configured: detector={cfg.detector} descriptor={cfg.descriptor} voxel={cfg.voxel_size} m "
@@ -172,31 +169,45 @@ class UkpganDetectorNode(LifecycleNode):
             self._diag_timer = None
         with self._cond:
             self._running = False
+            # Frames taken in but never to be processed: counted, so the counters add up.
+            self._stats.dropped += (self._mailbox is not None) + (self._sync.clear() if self._sync else 0)
             self._mailbox = None
+            self._sync = None
+            self._arrival.clear()
             self._cond.notify_all()
         if self._worker is not None:
             self._worker.join(timeout=30.0)
             self._worker = None
 
+    def _create_tf_publisher(self):
+        """``/tf`` as tf2_ros's TransformBroadcaster publishes it (TFMessage, reliable, depth 100),
+        but as a lifecycle publisher of this node, so deactivate silences it and cleanup removes
+        it. Created whatever ``publish_tf`` says (a live parameter); None without tf2_msgs."""
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError:
+            self.get_logger().warning("tf2_msgs is not importable: TF broadcasting is off "
+                                      "(~/pose and ~/transform are still published)")
+            return None
+        return self.create_lifecycle_publisher(TFMessage, "/tf", QoSProfile(depth=100))
+
     def _release_all(self) -> None:
+        """Destroy the services and every publisher configure made (/tf included) and the pipeline."""
         for srv in self._track_services:
             self.destroy_service(srv)
         self._track_services = []
         if self._initialpose_sub is not None:
             self.destroy_subscription(self._initialpose_sub)
             self._initialpose_sub = None
-        for pub in self._pubs.values():
-            self.destroy_lifecycle_publisher(pub)
-        self._pubs = {}
-        if self._diag_pub is not None:
-            self.destroy_lifecycle_publisher(self._diag_pub)
-            self._diag_pub = None
-        self._tf = None
+        pubs = [*self._pubs.values(), self._diag_pub, self._tf]
+        self._pubs, self._diag_pub, self._tf = {}, None, None
+        for pub in pubs:
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
         with self._lock:
             if self._pipeline is not None:
                 self._pipeline.release()
             self._pipeline = None
-        self._camera_info = None
 
     # ------------------------------------------------------------------ services
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
@@ -283,9 +294,12 @@ class UkpganDetectorNode(LifecycleNode):
         if stream.input == "cloud":
             self._subs = [self.create_subscription(PointCloud2, "cloud_in", self._on_cloud, qos, event_callbacks=events)]
         else:
+            with self._cond:
+                if self._sync is None:  # kept (with the images it holds) across a re-subscription
+                    self._sync = CameraSync(stream.depth_info_tolerance, stream.depth_info_timeout)
             self._subs = [
                 self.create_subscription(Image, "depth/image_raw", self._on_depth, qos, event_callbacks=events),
-                self.create_subscription(CameraInfo, "depth/camera_info", self._on_camera_info, qos),
+                self._subscribe_camera_info(),
             ]
         self.get_logger().info(
             f"subscribed to {self.resolve_topic_name(topic)} ({self._reliability.name.lower()}, depth {stream.qos_depth})")
@@ -298,34 +312,76 @@ class UkpganDetectorNode(LifecycleNode):
                 f"a publisher's QoS is incompatible with this subscription ({event.last_policy_kind}); "
                 "set qos_reliability:=best_effort or auto")
 
-    def _post(self, kind: str, payload: Any) -> None:
-        with self._cond:
-            self._stats.received += 1
-            if self._mailbox is not None:
-                self._stats.dropped += 1
-            self._mailbox = (kind, payload, time.monotonic())
-            self._cond.notify()
+    def _subscribe_camera_info(self):
+        """CameraInfo QoS follows its own publishers: best effort as ``qos_reliability`` says for
+        the images, and transient local when every publisher is (a latched CameraInfo, published
+        once before this node subscribed, then still arrives). If a publisher appears later that
+        does not match, the subscription is made again from the diagnostics timer."""
+        topic = "depth/camera_info"
+        infos = self.get_publishers_info_by_topic(self.resolve_topic_name(topic))
+        latched = bool(infos) and all(i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL for i in infos)
+        reliability = self._choose_reliability(topic)
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(5, self._stream.qos_depth), reliability=reliability,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_info_qos)
+        self._info_sub = self.create_subscription(CameraInfo, topic, self._on_camera_info, qos, event_callbacks=events)
+        return self._info_sub
+
+    def _on_incompatible_info_qos(self, event) -> None:
+        self._incompatible_info = True  # re-subscribed from the timer, not inside this callback
+
+    def _post_locked(self, kind: str, payload: Any, received: float) -> None:
+        """Park a frame in the mailbox (caller holds ``_cond``); a frame it replaces is dropped."""
+        if self._mailbox is not None:
+            self._stats.dropped += 1
+        self._mailbox = (kind, payload, received)
+        self._cond.notify()
 
     def _on_cloud(self, msg: PointCloud2) -> None:
-        self._post("cloud", msg)
+        with self._cond:
+            self._stats.received += 1
+            self._post_locked("cloud", msg, time.monotonic())
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
+        with self._cond:
+            if self._sync is not None:
+                self._deliver(self._sync.add_info(stamp_ns(msg.header.stamp), msg, time.monotonic()))
 
     def _on_depth(self, msg: Image) -> None:
-        info = self._camera_info
-        if info is None:
-            self._stats.malformed += 1
-            self.get_logger().warning("depth image before any camera_info: dropped", throttle_duration_sec=5.0)
-            return
-        self._post("depth", (msg, info))
+        now = time.monotonic()
+        with self._cond:
+            if self._sync is None:
+                return
+            self._stats.received += 1  # every image counts, also one whose CameraInfo never comes
+            self._arrival[id(msg)] = now
+            self._deliver(self._sync.add_image(stamp_ns(msg.header.stamp), msg, now))
+
+    def _deliver(self, events: list) -> None:
+        """Pairs from the CameraSync go to the mailbox, images without CameraInfo are counted
+        drops (caller holds ``_cond``)."""
+        for ev in events:
+            received = self._arrival.pop(id(ev.image), time.monotonic())
+            if isinstance(ev, Paired):
+                if ev.how == "latest":
+                    self._stats.info_latest += 1
+                self._post_locked("depth", (ev.image, ev.info), received)
+            else:
+                self._stats.unpaired += 1
+                self._stats.last_message = f"dropped frame: {ev.reason}"
+                self.get_logger().warning(self._stats.last_message, throttle_duration_sec=2.0)
 
     # ------------------------------------------------------------------ processing
     def _work(self) -> None:
         while True:
             with self._cond:
                 while self._running and self._mailbox is None:
-                    self._cond.wait(timeout=0.5)
+                    # Images that waited depth_info_timeout for their CameraInfo are due now.
+                    deadline = self._sync.next_deadline() if self._sync is not None else None
+                    wait = 0.5 if deadline is None else min(0.5, max(0.0, deadline - time.monotonic()))
+                    if wait > 0:
+                        self._cond.wait(timeout=wait)
+                    if self._sync is not None and self._running:
+                        self._deliver(self._sync.poll(time.monotonic()))
                 if not self._running:
                     return
                 kind, payload, received = self._mailbox
@@ -346,7 +402,8 @@ class UkpganDetectorNode(LifecycleNode):
             points, header = self._to_points(kind, payload)
             t_conv = time.perf_counter() - t0
             with self._lock:
-                if self._pipeline is None:
+                if self._pipeline is None:  # cleaned up meanwhile
+                    self._stats.dropped += 1
                     return
                 stamp = float(header.stamp.sec) + 1e-9 * float(header.stamp.nanosec)
                 result = self._pipeline.process(points, stamp=stamp)
@@ -414,13 +471,22 @@ class UkpganDetectorNode(LifecycleNode):
         pose.header.frame_id = cfg.odom_frame
         self._pubs["pose"].publish(pose)
         self._pubs["odometry"].publish(odometry_msg(result.pose, step.covariance, header, cfg.odom_frame, sensor))
-        if self._tf is not None and cfg.publish_tf and sensor and sensor != cfg.odom_frame:
+        tf_pub = self._tf
+        if tf_pub is not None and cfg.publish_tf and sensor and sensor != cfg.odom_frame:
             odom_tf = matrix_to_transform_stamped(result.pose, header, sensor)
             odom_tf.header.frame_id = cfg.odom_frame
-            self._tf.sendTransform(odom_tf)
+            from tf2_msgs.msg import TFMessage  # importable: the publisher exists
+
+            tf_pub.publish(TFMessage(transforms=[odom_tf]))
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
+        if self._incompatible_info and self._info_sub in self._subs:
+            self._incompatible_info = False
+            self.get_logger().warning("a camera_info publisher with other QoS appeared: re-subscribing")
+            self._subs.remove(self._info_sub)
+            self.destroy_subscription(self._info_sub)
+            self._subs.append(self._subscribe_camera_info())
         if self._incompatible:
             self._incompatible = False
             self.get_logger().warning("a best-effort publisher appeared: re-subscribing best effort")
@@ -429,8 +495,12 @@ class UkpganDetectorNode(LifecycleNode):
             self._stream = StreamConfig(**{**self._stream.to_dict(), "qos_reliability": "best_effort"})
             self._create_subscriptions()
         reliability = self._reliability.name.lower() if self._reliability is not None else ""
+        extra = {}
+        if self._sync is not None:
+            extra["camera_info_pairing"] = ("latest CameraInfo (fixed intrinsics: stamps do not match the images)"
+                                            if self._sync.fixed else "by stamp")
         msg = diagnostic_array(self._stats, f"{self.get_name()}: keypoints and registration",
-                               self.get_fully_qualified_name(), reliability, self.get_clock().now().to_msg())
+                               self.get_fully_qualified_name(), reliability, self.get_clock().now().to_msg(), extra)
         if self._diag_pub is not None:
             self._diag_pub.publish(msg)
 

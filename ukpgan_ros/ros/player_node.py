@@ -1,5 +1,5 @@
-"""The ``depth_player`` node: replays a depth sequence (7-Scenes/3DMatch layout, TUM RGB-D, or the
-built-in synthetic camera) as PointCloud2 and/or depth Image + CameraInfo, with ground truth.
+"""The ``depth_player`` node: replays a depth sequence (7-Scenes/3DMatch layout, TUM RGB-D, a bag, or
+the built-in synthetic camera) as PointCloud2 and/or depth Image + CameraInfo, with ground truth.
 
 Messages are stamped with the node clock at publication, so downstream latency figures are real.
 Ground-truth poses go out as ``ground_truth/pose`` (``first_from_current`` in ``odom_frame``),
@@ -8,6 +8,7 @@ the same convention as the detector's ``~/pose``.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ class DepthPlayerNode(Node):
     def __init__(self, node_name: str = "depth_player", sequence: Any = None, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         p = self.declare_parameter
-        p("source", "synthetic", ParameterDescriptor(description="'synthetic' or a 7-Scenes/TUM folder"))
+        p("source", "synthetic", ParameterDescriptor(description="'synthetic', a 7-Scenes/TUM folder or a bag"))
         p("output", "cloud", ParameterDescriptor(description="cloud, depth or both"))
         p("rate", 0.0, ParameterDescriptor(description="frames per second; 0 uses the sequence's rate / stride"))
         p("stride", 1, ParameterDescriptor(description="publish every k-th frame"))
@@ -52,6 +53,9 @@ class DepthPlayerNode(Node):
             from ukpgan_ros.datasets import open_sequence
 
             sequence = open_sequence(g("source"))
+        if self.output != "cloud" and not getattr(sequence, "has_depth", True):
+            raise ValueError(f"{getattr(sequence, 'name', 'the source')} holds point clouds, not depth images: "
+                             "play it with output:=cloud")
         self.sequence = sequence
         indices = list(range(self.start, len(sequence), self.stride))
         if g("max_frames") > 0:
@@ -73,6 +77,18 @@ class DepthPlayerNode(Node):
         self._timer = self.create_timer(1.0 / rate, self._tick) if g("autostart") else None
         self.get_logger().info(
             f"playing {getattr(sequence, 'name', 'sequence')}: {len(indices)} frames at {rate:.2f} Hz as {self.output}")
+
+    def wait_for_subscribers(self, timeout: float) -> bool:
+        """Wait until every stream publisher (cloud, depth, camera_info) has a matched subscriber,
+        so a first frame published in lock step is not lost to discovery."""
+        pubs = [p for p in (self._pub_cloud, getattr(self, "_pub_depth", None), getattr(self, "_pub_info", None))
+                if p is not None]
+        deadline = time.monotonic() + timeout
+        while any(p.get_subscription_count() == 0 for p in pubs):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     def _tick(self) -> None:
         if self.finished:
