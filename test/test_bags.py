@@ -132,7 +132,8 @@ def test_bag_writes_keypoints_markers_transforms_and_poses_stamped_like_the_inpu
     markers = out["/ukpgan_detector/markers"]
     assert len(markers) == 4 and all(len(m.markers[1].points) == 250 for _, m in markers)
     tfs, poses = out["/ukpgan_detector/transform"], out["/ukpgan_detector/pose"]
-    assert len(tfs) == len(poses) == 3  # every frame after the first registered
+    # every frame placed (the first at the origin), the motion of every one after it registered
+    assert len(tfs) == 3 and len(poses) == 4
     assert [_stamp(m) for _, m in tfs] == [_stamp(m) for _, m in images[1:]]
     assert all(m.header.frame_id == "odom" for _, m in poses)
     assert all(m.transforms[0].header.frame_id == "odom" and m.transforms[0].child_frame_id ==
