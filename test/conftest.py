@@ -17,7 +17,8 @@ def ros_domain(k: int) -> int:
     machine at the same time (two checkouts, a developer and CI) never see each other's nodes."""
     import os
 
-    return 11 * (os.getpid() % 20) + k  # 0..219, inside Fast DDS's 0..232
+    # 100..231: above the default domain 0 (where demos and users' nodes run), inside Fast DDS's 0..232
+    return 100 + 11 * (os.getpid() % 12) + k
 
 
 def need(path: Path) -> Path:
