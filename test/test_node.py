@@ -448,7 +448,9 @@ def _has_tf2_msgs() -> bool:
 def test_cleanup_removes_every_publisher_configure_made_tf_included(harness_factory):
     """Issue 11: each cleanup/configure cycle left the old /tf publisher registered. Count the
     node's publishers in the graph (not a fake) across three cycles."""
-    h = harness_factory({**FAST, "publish_tf": True})
+    # A name no other test uses: nodes of earlier tests on this domain may linger in the graph
+    # until their DDS lease ends, and a query by node name must not see them.
+    h = harness_factory({**FAST, "publish_tf": True}, name="ukpgan_detector_publisher_count")
     node = h.node
 
     def count() -> tuple[int, int]:
