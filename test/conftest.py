@@ -12,6 +12,15 @@ SHARED = ROOT.parent / "shared"
 DATA = SHARED / "data"
 
 
+def ros_domain(k: int) -> int:
+    """A ROS domain id for this test process (k < 11 distinct per process): test runs on the same
+    machine at the same time (two checkouts, a developer and CI) never see each other's nodes."""
+    import os
+
+    # 100..231: above the default domain 0 (where demos and users' nodes run), inside Fast DDS's 0..232
+    return 100 + 11 * (os.getpid() % 12) + k
+
+
 def need(path: Path) -> Path:
     """The path, or a skip saying which shared data set is missing."""
     if not path.exists():

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DATA, need
+from conftest import DATA, need, ros_domain
 from ukpgan_ros.bags import BagWriter, MessageBuilder, record_sequence
 from ukpgan_ros.cli import main
 from ukpgan_ros.datasets import DepthFrame, SevenScenesSequence, open_sequence
@@ -294,7 +294,7 @@ def test_the_player_replays_a_bag(depth_bag, kitchen):
     from ukpgan_ros.ros.player_node import DepthPlayerNode
 
     ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=62)
+    rclpy.init(context=ctx, domain_id=ros_domain(4))
     try:
         player = DepthPlayerNode(context=ctx, parameter_overrides=[
             Parameter("source", value=str(depth_bag)), Parameter("rate", value=10.0), Parameter("max_frames", value=2)])
@@ -357,7 +357,7 @@ def test_the_player_refuses_depth_output_from_a_cloud_bag(kitchen, tmp_path):
 
     record_sequence(kitchen, tmp_path / "c.mcap", frames=2, output="cloud", progress=False)
     ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=63)
+    rclpy.init(context=ctx, domain_id=ros_domain(5))
     try:
         with pytest.raises(ValueError, match="holds point clouds, not depth images: play it with output:=cloud"):
             DepthPlayerNode(context=ctx, parameter_overrides=[Parameter("source", value=str(tmp_path / "c.mcap")),

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import DATA, need
+from conftest import DATA, need, ros_domain
 from ukpgan_ros.cli import main
 
 
@@ -64,6 +64,13 @@ def test_depth_png_without_intrinsics_is_a_clear_error(tmp_path, capsys):
     assert "--intrinsics" in capsys.readouterr().err
 
 
+@pytest.fixture
+def own_domain(monkeypatch):
+    """The demo runs on ROS_DOMAIN_ID: give it this test process's own domain."""
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(ros_domain(6)))
+
+
+@pytest.mark.usefixtures("own_domain")
 def test_demo_on_the_builtin_synthetic_camera(tmp_path, capsys):
     rc = main(["demo", "--frames", "16", "--stride", "4", "--detector", "fps", "--max-keypoints", "128",
                "--out", str(tmp_path)])
@@ -75,6 +82,7 @@ def test_demo_on_the_builtin_synthetic_camera(tmp_path, capsys):
     assert (tmp_path / "trajectory.png").exists() and (tmp_path / "frames.csv").exists()
 
 
+@pytest.mark.usefixtures("own_domain")
 def test_demo_with_depth_image_input(tmp_path, capsys):
     rc = main(["demo", "--frames", "8", "--stride", "4", "--input", "depth", "--detector", "fps", "--out", str(tmp_path)])
     out = capsys.readouterr().out

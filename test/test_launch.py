@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ros_domain
+
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = ROOT / "launch/detect.launch.py"
 
@@ -181,7 +183,7 @@ def test_launch_brings_detector_to_active_and_publishes(tmp_path):
     from sensor_msgs.msg import PointCloud2
 
     prefix = _ament_prefix(tmp_path)
-    env = dict(os.environ, ROS_DOMAIN_ID="57", ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+    env = dict(os.environ, ROS_DOMAIN_ID=str(ros_domain(2)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                AMENT_PREFIX_PATH=f"{prefix}{os.pathsep}{os.environ.get('AMENT_PREFIX_PATH', '')}",
                PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
     params = tmp_path / "params.yaml"
@@ -191,7 +193,7 @@ def test_launch_brings_detector_to_active_and_publishes(tmp_path):
          f"params_file:={params}", "input_topic:=/test_points"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=57)
+    rclpy.init(context=ctx, domain_id=ros_domain(2))
     node = rclpy.create_node("launch_probe", context=ctx)
     got: list[PointCloud2] = []
     node.create_subscription(PointCloud2, "/ukpgan_detector/keypoints", got.append, 5)

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import ros_domain
+
 rclpy = pytest.importorskip("rclpy")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -37,7 +39,7 @@ from ukpgan_ros.ros.detector_node import UkpganDetectorNode  # noqa: E402
 from ukpgan_ros.ros.messages import pose_stamped_to_matrix  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DOMAIN = 58
+DOMAIN = ros_domain(0)
 FAST = {"detector": "fps", "max_keypoints": 64, "voxel_size": 0.08, "ransac_max_iterations": 20000}
 
 
@@ -458,23 +460,37 @@ def _has_tf2_msgs() -> bool:
 def test_cleanup_removes_every_publisher_configure_made_tf_included(harness_factory):
     """Issue 11: each cleanup/configure cycle left the old /tf publisher registered. Count the
     node's publishers in the graph (not a fake) across three cycles."""
-    h = harness_factory({**FAST, "publish_tf": True})
+    # A name no other test uses: nodes of earlier tests on this domain may linger in the graph
+    # until their DDS lease ends, and a query by node name must not see them.
+    h = harness_factory({**FAST, "publish_tf": True}, name="ukpgan_detector_publisher_count")
     node = h.node
 
-    def publishers() -> tuple[int, int]:
+    def count() -> tuple[int, int]:
         own = node.get_publisher_names_and_types_by_node(node.get_name(), node.get_namespace())
         return len(own), node.count_publishers("/tf")
+
+    expect: tuple[int, int] | None = None
+
+    def publishers() -> tuple[int, int]:
+        """The graph catches up asynchronously: poll up to 10 s for the expected counts."""
+        deadline = time.monotonic() + 10.0
+        got = count()
+        while expect is not None and got != expect and time.monotonic() < deadline:
+            time.sleep(0.05)
+            got = count()
+        return got
 
     base = publishers()
     assert base[1] == 0
     tf = 1 if _has_tf2_msgs() else 0
     for _ in range(3):
         assert h.transition(Transition.TRANSITION_CONFIGURE)
+        expect = (base[0] + 6 + tf, tf)  # keypoints, markers, transform, pose, odometry, diagnostics (+ /tf)
         configured = publishers()
-        # keypoints, markers, transform, pose, odometry, diagnostics
-        assert configured == (base[0] + 6 + tf, tf), configured
+        assert configured == expect, configured
         assert h.transition(Transition.TRANSITION_ACTIVATE) and h.transition(Transition.TRANSITION_DEACTIVATE)
         assert h.transition(Transition.TRANSITION_CLEANUP)
+        expect = base
         assert publishers() == base
 
 

@@ -14,14 +14,14 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 
-from conftest import DATA, need  # noqa: E402
+from conftest import DATA, need, ros_domain  # noqa: E402
 from ukpgan_ros.pointcloud2 import camera_info_to_K, depth_image_to_metres, pointcloud2_to_xyz  # noqa: E402
 from ukpgan_ros.ros.player_node import DepthPlayerNode  # noqa: E402
 
 
 def _collect(params, n_clouds, timeout=30.0):
     ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=61)
+    rclpy.init(context=ctx, domain_id=ros_domain(3))
     try:
         player = DepthPlayerNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
         probe = rclpy.create_node("probe", context=ctx)
@@ -68,7 +68,7 @@ def test_plays_a_7scenes_folder_as_clouds_depth_and_ground_truth():
 
 def test_bad_source_is_a_clear_error():
     ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=61)
+    rclpy.init(context=ctx, domain_id=ros_domain(3))
     try:
         with pytest.raises((ValueError, FileNotFoundError), match="nowhere"):
             DepthPlayerNode(context=ctx, parameter_overrides=[Parameter("source", value="/nowhere/at/all")])
