@@ -46,6 +46,8 @@ setup(
             "ros-visualization-msgs~=5.5",
             "ros-diagnostic-msgs~=5.5",
             "ros-lifecycle-msgs~=2.3",
+            "ros-std-srvs~=5.5",
+            "ros-nav-msgs~=5.5",
         ],
         # The registration peers benchmarks/ compares against, at the versions measured.
         "bench": ["small_gicp==1.0.1", "kiss-icp==1.3.0"],
