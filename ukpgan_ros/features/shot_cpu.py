@@ -347,6 +347,23 @@ def _runs(qx, qy, qz, origin, inv_cell, slack, radius, dims, start, keys, dense,
     return m, total
 
 
+def _within(qx, qy, qz, px, py, pz, m_runs, j0s, j1s, r2, srow, d2s):
+    """Compact the points of the runs within sqrt(r2) of (qx, qy, qz) into ``srow`` (indices)
+    and ``d2s`` (squared distances); returns their number. Branch-free (about 1 candidate in 5
+    is kept: a branch would mispredict); unsigned positions need no negative-index fix-ups."""
+    c = np.uint64(0)
+    for t in range(m_runs):
+        for j in range(j0s[t], j1s[t]):
+            ddx = px[j] - qx
+            ddy = py[j] - qy
+            ddz = pz[j] - qz
+            d2 = ddx * ddx + ddy * ddy + ddz * ddz
+            srow[c] = np.uint32(j)
+            d2s[c] = d2
+            c += np.uint64(d2 <= r2)
+    return np.int64(c)
+
+
 def _shot_block(q_lo, q_hi, qsrc, rows, pts, nrm, nrm_ok, orig, start, keys, dense, origin,
                 dims, inv_cell, slack, radius, cap, desc, lrf, valid):
     """SHOT of the queries ``qsrc[q_lo:q_hi]`` (indices into the grid-sorted points) into the
@@ -386,19 +403,7 @@ def _shot_block(q_lo, q_hi, qsrc, rows, pts, nrm, nrm_ok, orig, start, keys, den
         # ---------------------------------------------------------------- neighbours
         m_runs = _runs(qx, qy, qz, origin, inv_cell, slack, radius, dims, start, keys, dense,
                        j0s, j1s)[0]
-        # branch-free compaction (about 1 candidate in 5 is kept: a branch would mispredict);
-        # unsigned positions: no negative-index fix-ups
-        c = np.uint64(0)
-        for t in range(m_runs):
-            for j in range(j0s[t], j1s[t]):
-                ddx = px[j] - qx
-                ddy = py[j] - qy
-                ddz = pz[j] - qz
-                d2 = ddx * ddx + ddy * ddy + ddz * ddz
-                srow[c] = np.uint32(j)
-                d2s[c] = d2
-                c += np.uint64(d2 <= r2)
-        cnt = np.int64(c)
+        cnt = _within(qx, qy, qz, px, py, pz, m_runs, j0s, j1s, r2, srow, d2s)
         if cnt > cap:  # keep the ``cap`` nearest (equal distances: input order)
             perm = _rank_by_distance(d2s, srow, orig, cnt, False)
             keep_src = np.empty(cap, np.uint32)
@@ -552,17 +557,7 @@ def _normals_block(q_lo, q_hi, pts, orig, start, keys, dense, origin, dims, inv_
         qx, qy, qz = px[qi], py[qi], pz[qi]
         m_runs = _runs(qx, qy, qz, origin, inv_cell, slack, radius, dims, start, keys, dense,
                        j0s, j1s)[0]
-        c = np.uint64(0)
-        for t in range(m_runs):
-            for j in range(j0s[t], j1s[t]):
-                ddx = px[j] - qx
-                ddy = py[j] - qy
-                ddz = pz[j] - qz
-                d2 = ddx * ddx + ddy * ddy + ddz * ddz
-                srow[c] = np.uint32(j)
-                d2s[c] = d2
-                c += np.uint64(d2 <= r2)
-        cnt = np.int64(c)
+        cnt = _within(qx, qy, qz, px, py, pz, m_runs, j0s, j1s, r2, srow, d2s)
         row = orig[qi]
         if cnt > max_nn:  # the nearest (equal distances: input order)
             perm = _rank_by_distance(d2s, srow, orig, cnt, False)
@@ -703,7 +698,7 @@ def _grid(pts, nrm, query_idx, radius, cells_per_radius=_CELLS_PER_RADIUS):
 _LOCK = threading.Lock()
 _KERNEL = None
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
-_INLINED = ("_atan2",)  # inlined in numba IR: the vote loop must not call functions
+_INLINED = ("_atan2", "_within")  # inlined in numba IR: the hot loops must not call functions
 _JITTED = ("_eigvec3", "_orth", "_principal_axes", "_rank_by_distance", "_lower_bound",
            "_votes", "_runs", "_shot_block", "_normals_block", "_cell_keys", "_counting_sort",
            "_gather_sorted")
