@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(default_data) if default_data.exists() else "synthetic")
     ap.add_argument("--voxels", type=float, nargs="+", default=[0.025, 0.05])
     ap.add_argument("--detectors", nargs="+", default=["iss", "random", "fps"])
-    ap.add_argument("--descriptor", default="fpfh")
+    ap.add_argument("--descriptor", default=PipelineConfig().descriptor, choices=("shot", "fpfh"))
     ap.add_argument("--pairs", type=int, default=10)
     ap.add_argument("--gap", type=int, default=10)
     ap.add_argument("--start", type=int, default=100)
@@ -72,9 +72,12 @@ def main() -> None:
                 r = pipe.process(pts)
                 rows.append({"convert": conv, **r.timings})
                 sizes.append((r.working_points, len(r.keypoints)))
-                if k and r.registration is not None and f.pose is not None:
+                # the motion since the previous frame (what ~/transform publishes; in keyframe mode
+                # the registration itself is keyframe -> frame)
+                motion = r.tracking.motion if r.placed else None
+                if k and motion is not None and f.pose is not None:
                     T_gt = np.linalg.inv(frames[k - 1].pose) @ f.pose
-                    errs.append((rotation_error_deg(r.registration.T_tgt_from_src, T_gt), translation_error(r.registration.T_tgt_from_src, T_gt)))
+                    errs.append((rotation_error_deg(motion, T_gt), translation_error(motion, T_gt)))
             med = {s: 1e3 * float(np.median([r.get(s, 0.0) for r in rows[1:]])) for s in STAGES}
             total = 1e3 * float(np.median([sum(r.values()) for r in rows[1:]]))
             e = np.median(np.array(errs), axis=0) if errs else (np.nan, np.nan)
