@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ukpgan_ros.config import PipelineConfig  # noqa: E402
+from ukpgan_ros.config import DESCRIPTORS, PipelineConfig  # noqa: E402
 from ukpgan_ros.datasets import open_sequence  # noqa: E402
 from ukpgan_ros.pipeline import KeypointPipeline  # noqa: E402
 from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error  # noqa: E402
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(default_data) if default_data.exists() else "synthetic")
     ap.add_argument("--voxels", type=float, nargs="+", default=[0.025, 0.05])
     ap.add_argument("--detectors", nargs="+", default=["iss", "random", "fps"])
-    ap.add_argument("--descriptor", default=PipelineConfig().descriptor, choices=("shot", "fpfh"))
+    ap.add_argument("--descriptor", default=PipelineConfig().descriptor, choices=DESCRIPTORS)
     ap.add_argument("--pairs", type=int, default=10)
     ap.add_argument("--gap", type=int, default=10)
     ap.add_argument("--start", type=int, default=100)
