@@ -66,7 +66,7 @@ def _open_sequence(spec, **kwargs):
 
 
 def _error_functions():
-    from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error
+    from ukpgan_ros.transforms import rotation_error_deg, translation_error
 
     return rotation_error_deg, translation_error
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ukpgan_ros.config import DESCRIPTORS, PipelineConfig  # noqa: E402
 from ukpgan_ros.datasets import open_sequence  # noqa: E402
 from ukpgan_ros.pipeline import KeypointPipeline  # noqa: E402
-from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error  # noqa: E402
+from ukpgan_ros.transforms import rotation_error_deg, translation_error  # noqa: E402
 
 STAGES = ("convert", "preprocess", "detect", "describe", "match", "ransac", "refine")
 

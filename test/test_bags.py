@@ -14,7 +14,8 @@ from conftest import DATA, need, ros_domain
 from ukpgan_ros.bags import BagWriter, MessageBuilder, record_sequence
 from ukpgan_ros.cli import main
 from ukpgan_ros.datasets import DepthFrame, SevenScenesSequence, open_sequence
-from ukpgan_ros.datasets.bag import BagSequence, choose_topics, open_bag, pose_to_matrix
+from ukpgan_ros.datasets.bag import BagSequence, choose_topics, open_bag
+from ukpgan_ros.transforms import pose_to_matrix
 from ukpgan_ros.pointcloud2 import camera_info_to_K, pointcloud2_fields, pointcloud2_to_xyz
 
 KITCHEN = DATA / "7scenes-redkitchen"

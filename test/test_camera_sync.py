@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ukpgan_ros.camera_sync import CameraSync, Paired, Unpaired, intrinsics_key, stamp_ns
+from ukpgan_ros.camera_sync import CameraSync, Paired, Unpaired, intrinsics_key
+from ukpgan_ros.transforms import stamp_ns
 
 S = 1_000_000_000  # ns per second
 

@@ -34,7 +34,7 @@ from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from ukpgan_ros.pointcloud2 import pointcloud2_fields  # noqa: E402
 from ukpgan_ros.ros.cloud_msgs import camera_info_msg, depth_to_image_msg, xyz_to_pointcloud2  # noqa: E402
-from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error  # noqa: E402
+from ukpgan_ros.transforms import rotation_error_deg, translation_error  # noqa: E402
 from ukpgan_ros.ros.detector_node import UkpganDetectorNode  # noqa: E402
 from ukpgan_ros.ros.messages import pose_stamped_to_matrix  # noqa: E402
 

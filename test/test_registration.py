@@ -8,7 +8,7 @@ import pytest
 from conftest import DATA, need, random_rigid, transform
 from ukpgan_ros.config import PipelineConfig
 from ukpgan_ros.pipeline import EmptyCloudError, KeypointPipeline, register_clouds
-from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error
+from ukpgan_ros.transforms import rotation_error_deg, translation_error
 from ukpgan_ros.features.fpfh import compute_fpfh
 from ukpgan_ros.registration import count_inliers, mutual_matches, ransac_from_correspondences
 from ukpgan_ros.tracking import TrackState

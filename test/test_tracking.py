@@ -12,8 +12,9 @@ from conftest import DATA, need, random_rigid, transform
 from ukpgan_ros.cloud import WorkingCloud
 from ukpgan_ros.config import PipelineConfig
 from ukpgan_ros.detectors.base import Keypoints
-from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error
-from ukpgan_ros.maps import KeyframeMap, MapFormatError, adjoint, load_map, save_map
+from ukpgan_ros.transforms import rotation_error_deg, translation_error
+from ukpgan_ros.maps import KeyframeMap, MapFormatError, load_map, save_map
+from ukpgan_ros.transforms import adjoint
 from ukpgan_ros.pipeline import KeypointPipeline
 from ukpgan_ros.registration import FrameFeatures, registration_covariance
 from ukpgan_ros.tracking import (FrameToFrame, KeyframePolicy, KeyframeTracker, MapLocalizer, RelocalizationPolicy,

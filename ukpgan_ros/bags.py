@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from ukpgan_ros.config import PipelineConfig
 from ukpgan_ros.datasets.bag import CAMERA_INFO, IMAGE, POINTCLOUD2, POSE_STAMPED
+from ukpgan_ros.transforms import matrix_to_quaternion
 
 __all__ = [
     "BagWriter", "MessageBuilder", "record_sequence", "process_bag", "add_record_arguments", "run_record",
@@ -134,24 +134,15 @@ class MessageBuilder:
                             distortion_model="plumb_bob", d=np.zeros(5), k=K.reshape(-1).copy(),
                             r=np.eye(3).reshape(-1), p=P.reshape(-1))
 
-    @staticmethod
-    def _split(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        T = np.asarray(T, dtype=np.float64)
-        if T.shape != (4, 4) or not np.isfinite(T).all():
-            raise ValueError(f"expected a finite 4x4 transform, got shape {T.shape}")
-        q = Rotation.from_matrix(T[:3, :3]).as_quat()
-        q /= np.linalg.norm(q)
-        return T[:3, 3].copy(), (-q if q[3] < 0 else q)
-
     def pose_stamped(self, T: np.ndarray, header: Any) -> Any:
-        t, q = self._split(T)
+        t, q = matrix_to_quaternion(T)
         T_ = self.T
         pose = T_["geometry_msgs/msg/Pose"](position=T_["geometry_msgs/msg/Point"](x=t[0], y=t[1], z=t[2]),
                                             orientation=T_["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]))
         return T_[POSE_STAMPED](header=header, pose=pose)
 
     def transform_stamped(self, T: np.ndarray, header: Any, child_frame_id: str) -> Any:
-        t, q = self._split(T)
+        t, q = matrix_to_quaternion(T)
         T_ = self.T
         tf = T_["geometry_msgs/msg/Transform"](translation=T_["geometry_msgs/msg/Vector3"](x=t[0], y=t[1], z=t[2]),
                                                rotation=T_["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]))
@@ -398,7 +389,7 @@ def process_bag(args: argparse.Namespace, cfg: PipelineConfig) -> dict[str, Any]
     from tqdm import tqdm
 
     from ukpgan_ros.datasets.bag import BagSequence, open_bag
-    from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error
+    from ukpgan_ros.transforms import rotation_error_deg, translation_error
     from ukpgan_ros.pipeline import KeypointPipeline
 
     seq = BagSequence(args.bag, input=args.input, cloud_topic=args.cloud_topic, depth_topic=args.depth_topic,
@@ -511,7 +502,7 @@ def process_bag(args: argparse.Namespace, cfg: PipelineConfig) -> dict[str, Any]
 
 def run_bag(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     """``ukpgan bag``: process, then print a summary like ``ukpgan demo``'s."""
-    from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error
+    from ukpgan_ros.transforms import rotation_error_deg, translation_error
 
     t0 = time.perf_counter()
     r = process_bag(args, cfg)

@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Hashable
 
-__all__ = ["CameraSync", "Paired", "Unpaired", "intrinsics_key", "stamp_ns"]
+__all__ = ["CameraSync", "Paired", "Unpaired", "intrinsics_key"]
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,6 @@ class Unpaired:
     stamp_ns: int
     reason: str
 
-
-def stamp_ns(stamp: Any) -> int:
-    """A builtin_interfaces Time (``sec``, ``nanosec``) as integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def _seq(msg: Any, *names: str) -> tuple:

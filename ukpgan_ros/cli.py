@@ -87,7 +87,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error
+    from ukpgan_ros.transforms import rotation_error_deg, translation_error
     from ukpgan_ros.io import read_transform
     from ukpgan_ros.pipeline import register_clouds
 
@@ -128,7 +128,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_map(args: argparse.Namespace) -> int:
     """Track a recorded sequence in keyframe mode and save its keyframes as a map folder."""
     from ukpgan_ros.datasets import open_sequence
-    from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error
+    from ukpgan_ros.transforms import rotation_error_deg, translation_error
     from ukpgan_ros.maps import check_map_destination
     from ukpgan_ros.pipeline import KeypointPipeline
 

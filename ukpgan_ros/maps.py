@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -37,9 +36,10 @@ import numpy as np
 from ukpgan_ros.cloud import WorkingCloud
 from ukpgan_ros.detectors.base import Keypoints
 from ukpgan_ros.registration import FrameFeatures
+from ukpgan_ros.transforms import adjoint
 
 __all__ = ["Keyframe", "KeyframeMap", "MapFormatError", "MAP_FORMAT", "MAP_VERSION", "save_map", "load_map",
-           "adjoint", "rotation_angle_deg", "check_map_destination"]
+           "check_map_destination"]
 
 MAP_FORMAT = "ukpgan_ros.keyframe_map"
 MAP_VERSION = 1
@@ -49,10 +49,6 @@ _INDEX = "map.json"
 class MapFormatError(ValueError):
     """A map folder is missing, incomplete, corrupt, or incompatible with the configuration."""
 
-
-def rotation_angle_deg(R: np.ndarray) -> float:
-    """Angle [deg] of a 3x3 rotation."""
-    return math.degrees(math.acos(float(np.clip((np.trace(R[:3, :3]) - 1.0) / 2.0, -1.0, 1.0))))
 
 
 @dataclass(frozen=True)
@@ -178,17 +174,6 @@ class KeyframeMap:
             self._index = (stacked, owner)
         return self._index
 
-
-def adjoint(T: np.ndarray) -> np.ndarray:
-    """6x6 adjoint of a rigid transform for (x, y, z, rx, ry, rz) left perturbations:
-    ``exp(Ad @ d) T = T exp(d)``; covariances move as ``Ad C Ad^T``."""
-    R, t = T[:3, :3], T[:3, 3]
-    tx = np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]])
-    Ad = np.zeros((6, 6))
-    Ad[:3, :3] = R
-    Ad[:3, 3:] = tx @ R
-    Ad[3:, 3:] = R
-    return Ad
 
 
 # ----------------------------------------------------------------------------- folder format

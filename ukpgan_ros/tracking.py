@@ -32,7 +32,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from ukpgan_ros.maps import Keyframe, KeyframeMap, adjoint, rotation_angle_deg
+from ukpgan_ros.maps import Keyframe, KeyframeMap
+from ukpgan_ros.transforms import adjoint, rotation_angle_deg
 from ukpgan_ros.registration import FrameFeatures, RegistrationResult, registration_covariance
 
 __all__ = [

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from ukpgan_ros.datasets.base import DepthFrame, IndexedSequence
 from ukpgan_ros.pointcloud2 import (
@@ -32,10 +31,11 @@ from ukpgan_ros.pointcloud2 import (
     depth_msgs_to_points,
     pointcloud2_to_xyz,
 )
+from ukpgan_ros.transforms import pose_to_matrix, stamp_ns
 
 __all__ = [
     "BagReader", "BagSequence", "BagTopics", "open_bag", "choose_topics", "BAG_SUFFIXES",
-    "POINTCLOUD2", "IMAGE", "CAMERA_INFO", "POSE_STAMPED", "stamp_ns", "pose_to_matrix",
+    "POINTCLOUD2", "IMAGE", "CAMERA_INFO", "POSE_STAMPED",
 ]
 
 BAG_SUFFIXES = (".mcap", ".db3", ".bag")
@@ -46,22 +46,6 @@ POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
 GROUND_TRUTH_SUFFIX = "ground_truth/pose"
 _OUTPUT_CLOUD_SUFFIX = "/keypoints"  # the node's (and `ukpgan bag`'s) output: never an input
 
-
-def stamp_ns(stamp: Any) -> int:
-    """A builtin_interfaces Time (``sec``, ``nanosec``) as integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def pose_to_matrix(pose: Any) -> np.ndarray:
-    """A geometry_msgs Pose (position, orientation) as a 4x4 rigid transform."""
-    q = pose.orientation
-    quat = np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
-    if not np.isfinite(quat).all() or np.linalg.norm(quat) < 1e-6:
-        raise ValueError(f"invalid orientation quaternion {quat.tolist()}")
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat(quat / np.linalg.norm(quat)).as_matrix()
-    T[:3, 3] = (pose.position.x, pose.position.y, pose.position.z)
-    return T
 
 
 # ----------------------------------------------------------------------------- reading any bag

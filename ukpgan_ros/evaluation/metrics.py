@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ukpgan_ros.transforms import rotation_error_deg, translation_error
+
 __all__ = [
-    "relative_repeatability", "inlier_ratio", "registration_success", "rotation_error_deg", "translation_error",
+    "relative_repeatability", "inlier_ratio", "registration_success",
     "transform_points", "TAU1", "TAU2", "LOOSE", "STRICT",
 ]
 
@@ -55,12 +57,3 @@ def registration_success(T_est: np.ndarray, T_gt: np.ndarray, max_rot_deg: float
     return rotation_error_deg(T_est, T_gt) < max_rot_deg and translation_error(T_est, T_gt) < max_trans
 
 
-def rotation_error_deg(T_est: np.ndarray, T_gt: np.ndarray) -> float:
-    """Geodesic angle between the rotations of two transforms, in degrees."""
-    R = T_est[:3, :3].T @ T_gt[:3, :3]
-    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0))))
-
-
-def translation_error(T_est: np.ndarray, T_gt: np.ndarray) -> float:
-    """Euclidean distance between the translations of two transforms [m]."""
-    return float(np.linalg.norm(T_est[:3, 3] - T_gt[:3, 3]))

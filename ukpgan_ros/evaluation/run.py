@@ -111,7 +111,7 @@ class PairMetrics:
 
 def _pair_metrics(pair: Pair, src: CloudFeatures, tgt: CloudFeatures, detector: str, budget: int, kind: str,
                   trial: int, voxel: float, distance: float, ransac_iterations: int, seed: int) -> PairMetrics:
-    from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error
+    from ukpgan_ros.transforms import rotation_error_deg, translation_error
     from ukpgan_ros.registration import mutual_matches, ransac_from_correspondences
 
     if detector == FULL:

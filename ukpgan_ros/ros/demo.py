@@ -31,7 +31,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import PointCloud2
 
 from ukpgan_ros.config import PipelineConfig
-from ukpgan_ros.evaluation.metrics import rotation_error_deg, translation_error
+from ukpgan_ros.transforms import rotation_error_deg, translation_error
 from ukpgan_ros.ros.detector_node import UkpganDetectorNode
 from ukpgan_ros.ros.messages import pose_stamped_to_matrix, stamp_to_seconds, transform_stamped_to_matrix
 from ukpgan_ros.ros.player_node import DepthPlayerNode

@@ -33,7 +33,8 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from ukpgan_ros.camera_sync import CameraSync, Paired, stamp_ns
+from ukpgan_ros.camera_sync import CameraSync, Paired
+from ukpgan_ros.transforms import stamp_ns, stamp_seconds
 from ukpgan_ros.config import PipelineConfig, StreamConfig
 from ukpgan_ros.pointcloud2 import CloudFormatError, depth_msgs_to_points, pointcloud2_to_xyz
 from ukpgan_ros.ros.cloud_msgs import xyz_to_pointcloud2
@@ -405,7 +406,7 @@ class UkpganDetectorNode(LifecycleNode):
                 if self._pipeline is None:  # cleaned up meanwhile
                     self._stats.dropped += 1
                     return
-                stamp = float(header.stamp.sec) + 1e-9 * float(header.stamp.nanosec)
+                stamp = stamp_seconds(header.stamp)
                 result = self._pipeline.process(points, stamp=stamp)
                 cfg = self._cfg
                 tracker = self._pipeline.tracker

@@ -7,19 +7,18 @@ without a running graph.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from geometry_msgs.msg import Point, PoseStamped, PoseWithCovarianceStamped, TransformStamped
 from nav_msgs.msg import Odometry
-from scipy.spatial.transform import Rotation
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ukpgan_ros.detectors.base import Keypoints
 from ukpgan_ros.plots import saliency_colors
+from ukpgan_ros.transforms import matrix_to_quaternion, pose_to_matrix, seconds_to_sec_nsec, stamp_seconds
 
 __all__ = [
     "keypoint_markers",
@@ -38,18 +37,13 @@ __all__ = [
 
 def stamp_to_seconds(stamp: Any) -> float:
     """A builtin_interfaces Time/Duration (``sec``, ``nanosec``) as float seconds."""
-    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
+    return stamp_seconds(stamp)
 
 
 def seconds_to_stamp(seconds: float) -> Time:
     """Float seconds as a builtin_interfaces Time; nanosec always in [0, 1e9), also for t < 0."""
-    if not math.isfinite(seconds):
-        raise ValueError(f"cannot convert {seconds!r} seconds to a stamp")
-    sec = math.floor(seconds)
-    nanosec = int(round((seconds - sec) * 1e9))
-    if nanosec >= 1_000_000_000:
-        sec, nanosec = sec + 1, nanosec - 1_000_000_000
-    return Time(sec=int(sec), nanosec=nanosec)
+    sec, nanosec = seconds_to_sec_nsec(seconds)
+    return Time(sec=sec, nanosec=nanosec)
 
 
 def _copy_header(header: Header) -> Header:
@@ -97,26 +91,9 @@ def keypoint_markers(
     return markers
 
 
-def _split_matrix(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Translation and unit quaternion (x, y, z, w) of a rigid 4x4 transform."""
-    T = np.asarray(T, dtype=np.float64)
-    if T.shape != (4, 4) or not np.isfinite(T).all():
-        raise ValueError(f"expected a finite 4x4 transform, got shape {T.shape}")
-    if not np.allclose(T[3], [0.0, 0.0, 0.0, 1.0], atol=1e-9):
-        raise ValueError(f"last row of a rigid transform must be [0, 0, 0, 1], got {T[3].tolist()}")
-    R = T[:3, :3]
-    if abs(np.linalg.det(R) - 1.0) > 1e-3 or not np.allclose(R.T @ R, np.eye(3), atol=1e-3):
-        raise ValueError("upper-left 3x3 is not a rotation matrix")
-    q = Rotation.from_matrix(R).as_quat()  # scalar-last (x, y, z, w)
-    q /= np.linalg.norm(q)
-    if q[3] < 0:  # one canonical sign so consecutive transforms do not flip
-        q = -q
-    return T[:3, 3].copy(), q
-
-
 def matrix_to_transform_stamped(T: np.ndarray, header: Header, child_frame_id: str) -> TransformStamped:
     """A TransformStamped for ``T``, which maps ``child_frame_id`` coordinates into ``header.frame_id``."""
-    t, q = _split_matrix(T)
+    t, q = matrix_to_quaternion(T)
     msg = TransformStamped(header=_copy_header(header), child_frame_id=child_frame_id)
     msg.transform.translation.x, msg.transform.translation.y, msg.transform.translation.z = map(float, t)
     r = msg.transform.rotation
@@ -126,7 +103,7 @@ def matrix_to_transform_stamped(T: np.ndarray, header: Header, child_frame_id: s
 
 def matrix_to_pose_stamped(T: np.ndarray, header: Header) -> PoseStamped:
     """A PoseStamped placing ``T``'s frame in ``header.frame_id``."""
-    t, q = _split_matrix(T)
+    t, q = matrix_to_quaternion(T)
     msg = PoseStamped(header=_copy_header(header))
     msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = map(float, t)
     o = msg.pose.orientation
@@ -134,21 +111,14 @@ def matrix_to_pose_stamped(T: np.ndarray, header: Header) -> PoseStamped:
     return msg
 
 
-def _matrix(t, q) -> np.ndarray:
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
-    T[:3, 3] = (t.x, t.y, t.z)
-    return T
-
-
 def transform_stamped_to_matrix(msg: TransformStamped) -> np.ndarray:
     """The 4x4 mapping ``msg.child_frame_id`` coordinates into ``msg.header.frame_id``."""
-    return _matrix(msg.transform.translation, msg.transform.rotation)
+    return pose_to_matrix(msg.transform)
 
 
 def pose_stamped_to_matrix(msg: PoseStamped) -> np.ndarray:
     """The 4x4 placing the pose's frame in ``msg.header.frame_id``."""
-    return _matrix(msg.pose.position, msg.pose.orientation)
+    return pose_to_matrix(msg.pose)
 
 
 UNKNOWN_TWIST_VARIANCE = 1e6  # the odometry's twist is not estimated: consumers should not fuse it
@@ -158,7 +128,7 @@ def odometry_msg(T: np.ndarray, covariance: np.ndarray, header: Header, frame_id
     """An Odometry placing ``child_frame_id`` at ``T`` in ``frame_id`` with the 6x6 pose
     ``covariance`` (x, y, z, rx, ry, rz in ``frame_id``). The twist is not estimated: zero, with
     variance UNKNOWN_TWIST_VARIANCE on the diagonal."""
-    t, q = _split_matrix(T)
+    t, q = matrix_to_quaternion(T)
     cov = np.asarray(covariance, np.float64)
     if cov.shape != (6, 6) or not np.isfinite(cov).all():
         raise ValueError(f"expected a finite 6x6 covariance, got shape {cov.shape}")
@@ -175,14 +145,10 @@ def odometry_msg(T: np.ndarray, covariance: np.ndarray, header: Header, frame_id
 def pose_with_covariance_to_matrix(msg: PoseWithCovarianceStamped) -> tuple[np.ndarray, np.ndarray]:
     """(4x4 pose in ``msg.header.frame_id``, 6x6 covariance) of a PoseWithCovarianceStamped
     (what RViz's "2D Pose Estimate" publishes on ``initialpose``); ValueError if it is not finite."""
-    p = msg.pose.pose
-    q = np.array([p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w], np.float64)
-    norm = float(np.linalg.norm(q))
-    if not np.isfinite(q).all() or norm < 1e-6:
-        raise ValueError("the pose's orientation is not a usable quaternion")
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat(q / norm).as_matrix()
-    T[:3, 3] = (p.position.x, p.position.y, p.position.z)
+    try:
+        T = pose_to_matrix(msg.pose.pose)
+    except ValueError:
+        raise ValueError("the pose's orientation is not a usable quaternion") from None
     cov = np.asarray(msg.pose.covariance, np.float64).reshape(6, 6)
     if not (np.isfinite(T).all() and np.isfinite(cov).all()):
         raise ValueError("the pose or its covariance is not finite")
