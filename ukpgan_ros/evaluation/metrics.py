@@ -3,13 +3,15 @@ registration success, and the rotation / translation errors of an estimate."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.spatial import cKDTree
 
 from ukpgan_ros.transforms import rotation_error_deg, translation_error
 
 __all__ = [
-    "relative_repeatability", "inlier_ratio", "registration_success",
+    "relative_repeatability", "inlier_ratio", "registration_success", "PairMetrics",
     "transform_points", "TAU1", "TAU2", "LOOSE", "STRICT",
 ]
 
@@ -57,3 +59,27 @@ def registration_success(T_est: np.ndarray, T_gt: np.ndarray, max_rot_deg: float
     return rotation_error_deg(T_est, T_gt) < max_rot_deg and translation_error(T_est, T_gt) < max_trans
 
 
+@dataclass(frozen=True)
+class PairMetrics:
+    """One row of `ukpgan eval`: a (pair, detector, budget, descriptor, trial) and its metrics."""
+
+    dataset: str
+    pair: str
+    gap: int
+    detector: str
+    budget: int
+    descriptor: str
+    trial: int
+    keypoints: int
+    repeatability_5cm: float
+    repeatability_10cm: float
+    matches: int
+    inlier_ratio: float
+    feature_match_recall: float
+    rotation_error_deg: float
+    translation_error_m: float
+    registered: float
+    registered_strict: float
+    detect_s: float
+    describe_s: float
+    ransac_s: float

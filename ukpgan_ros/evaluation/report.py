@@ -4,14 +4,10 @@ intervals, Markdown tables and plots."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ukpgan_ros.evaluation.metrics import LOOSE, STRICT, TAU1, TAU2
-
-if TYPE_CHECKING:
-    from ukpgan_ros.evaluation.run import PairMetrics
+from ukpgan_ros.evaluation.metrics import LOOSE, STRICT, TAU1, TAU2, PairMetrics
 
 __all__ = ["FULL", "summarize", "paired_differences", "markdown", "paired_markdown", "probability_markdown",
            "plots", "probability_stats"]

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ukpgan_ros.evaluation.metrics import LOOSE, STRICT, TAU2, inlier_ratio, registration_success, relative_repeatability
+from ukpgan_ros.evaluation.metrics import (LOOSE, STRICT, TAU2, PairMetrics, inlier_ratio, registration_success,
+                                          relative_repeatability)
 from ukpgan_ros.evaluation.pairs import Pair, crop_pairs, fragment_pairs, sequence_name, sequence_pairs
 from ukpgan_ros.evaluation.report import (
     FULL, markdown, paired_differences, paired_markdown, plots, probability_markdown, probability_stats, summarize,
@@ -83,32 +84,6 @@ def _prepare_cloud(points: np.ndarray, cfg, detectors: dict, budget: int, descri
     return CloudFeatures(cloud.points, kps, det_t, desc, desc_t)
 
 
-
-
-@dataclass(frozen=True)
-class PairMetrics:
-    dataset: str
-    pair: str
-    gap: int
-    detector: str
-    budget: int
-    descriptor: str
-    trial: int
-    keypoints: int
-    repeatability_5cm: float
-    repeatability_10cm: float
-    matches: int
-    inlier_ratio: float
-    feature_match_recall: float
-    rotation_error_deg: float
-    translation_error_m: float
-    registered: float
-    registered_strict: float
-    detect_s: float
-    describe_s: float
-    ransac_s: float
-
-
 def _pair_metrics(pair: Pair, src: CloudFeatures, tgt: CloudFeatures, detector: str, budget: int, kind: str,
                   trial: int, voxel: float, distance: float, ransac_iterations: int, seed: int) -> PairMetrics:
     from ukpgan_ros.transforms import rotation_error_deg, translation_error
@@ -136,8 +111,6 @@ def _pair_metrics(pair: Pair, src: CloudFeatures, tgt: CloudFeatures, detector: 
         float(registration_success(T, pair.T, *LOOSE)), float(registration_success(T, pair.T, *STRICT)),
         det_s, (src.describe_time[kind] + tgt.describe_time[kind]) / 2, ransac_s,
     )
-
-
 
 
 @dataclass(frozen=True)
@@ -231,7 +204,6 @@ def evaluate(opts: EvalOptions, sequence: str | Path | None, fragments: Path | N
     return rows
 
 
-
 def probability_histogram(opts: EvalOptions, clouds: dict[str, np.ndarray], out: Path) -> dict[str, dict]:
     """UKPGAN probabilities of every voxel of ``clouds`` (name -> raw points): stats and a PNG."""
     import matplotlib
@@ -283,8 +255,6 @@ def _histogram_clouds(sequence, fragments: Path | None) -> dict[str, np.ndarray]
         for f in sorted(Path(fragments).glob("cloud_bin_*.ply"))[:2]:
             out[f"3dmatch {f.stem}"] = read_cloud(f)
     return out
-
-
 
 
 def _data_default(name: str) -> str:
