@@ -42,7 +42,8 @@ def check_rigid(T: Any, what: str = "transform", max_translation: float | None =
     if abs(np.linalg.det(R) - 1.0) > 1e-3 or not np.allclose(R.T @ R, np.eye(3), atol=1e-3):
         raise ValueError(f"{what}: upper-left 3x3 is not a rotation matrix")
     if max_translation is not None:
-        norm = float(np.linalg.norm(T[:3, 3]))
+        t = np.abs(T[:3, 3])
+        norm = float(t.max()) if t.max() > max_translation else float(np.linalg.norm(t))  # no overflow
         if not norm <= max_translation:
             raise ValueError(f"{what}: translation {norm:.3g} m is beyond the {max_translation:.0e} m a pose may have")
     return T
