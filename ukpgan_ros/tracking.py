@@ -340,7 +340,9 @@ class KeyframeTracker:
     def configure(self, cfg: PipelineConfig) -> None:
         """Thresholds from the next frame on; the map records the configuration (its voxel,
         once chosen, is the one its keyframes were described at)."""
-        self.set_policies(KeyframePolicy.from_config(cfg), RelocalizationPolicy.from_config(cfg), cfg.max_keyframes)
+        self.policy, self.reloc = KeyframePolicy.from_config(cfg), RelocalizationPolicy.from_config(cfg)
+        self._map.max_keyframes, self._map.spacing_m, self._map.spacing_deg = (
+            cfg.max_keyframes, self.policy.max_distance, self.policy.max_angle_deg)
         self.distance, self.sigma_floor = cfg.match_distance, SIGMA_FLOOR_VOXELS * cfg.voxel_size
         self._map.meta.update(map_meta(cfg))
 
@@ -382,12 +384,6 @@ class KeyframeTracker:
         kf = self._add_keyframe(last.pose, last.features, last.covariance, last.stamp, last.index)
         self._last = replace(last, keyframe_id=kf.id)
         return kf
-
-    def set_policies(self, policy: KeyframePolicy, reloc: RelocalizationPolicy, max_keyframes: int) -> None:
-        """Apply changed thresholds (live parameters) from the next frame on."""
-        self.policy, self.reloc = policy, reloc
-        self._map.max_keyframes, self._map.spacing_m, self._map.spacing_deg = (
-            max_keyframes, policy.max_distance, policy.max_angle_deg)
 
     def set_pose(self, pose: np.ndarray, covariance: np.ndarray | None = None) -> str:
         """Place the sensor at ``pose`` (odom_from_sensor). While tracking, every keyframe moves
