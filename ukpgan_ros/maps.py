@@ -383,7 +383,7 @@ def _check_array(a: np.ndarray, name: str, shape: tuple, integer: bool = False) 
         want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
         raise ValueError(f"{name}: expected shape {want}, got {a.shape}")
     if not integer and not np.isfinite(a).all():
-        raise ValueError(f"{name}: {int(np.count_nonzero(~np.isfinite(a)))} values are not finite")
+        raise ValueError(f"{name}: {int(np.count_nonzero(~np.isfinite(a)))} of {a.size} values are not finite")
 
 
 def _read_keyframe_arrays(path: Path, dim: int | None, points: int | None, keypoints: int | None) -> FrameFeatures:
