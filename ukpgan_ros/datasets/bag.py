@@ -24,7 +24,7 @@ import numpy as np
 
 from ukpgan_ros.datasets.base import DepthFrame, IndexedSequence
 from ukpgan_ros.datasets.mcap import BagError, check_mcap
-from ukpgan_ros.outputs import POINTCLOUD2, POSE_STAMPED
+from ukpgan_ros.outputs import POINTCLOUD2, POSE_STAMPED, TOPICS
 from ukpgan_ros.pointcloud2 import (
     DEPTH_ENCODINGS,
     CloudFormatError,
@@ -44,7 +44,7 @@ BAG_SUFFIXES = (".mcap", ".db3", ".bag")
 IMAGE = "sensor_msgs/msg/Image"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 GROUND_TRUTH_SUFFIX = "ground_truth/pose"
-_OUTPUT_CLOUD_SUFFIX = "/keypoints"  # the node's (and `ukpgan bag`'s) output: never an input
+_OUTPUT_CLOUD_SUFFIX = TOPICS["keypoints"].topic[1:]  # "/keypoints": the node's (and `ukpgan bag`'s) output, never an input
 
 
 
