@@ -15,7 +15,6 @@ jump is from the true one.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import threading
@@ -358,15 +357,9 @@ def _summarise(args, cfg, published, rows, det, inbox, est, gt, first_gt, last_g
         print(f"  final drift of the accumulated pose: {100 * drift:.1f} cm over {path:.2f} m travelled "
               f"({100 * drift / max(path, 1e-9):.1f} %, {100 * drift / max(path, 1e-9):.2f} cm/m), rotation {drift_deg:.2f} deg")
         summary.update(drift_m=drift, path_m=path, drift_deg=drift_deg)
-    with open(out / "frames.csv", "w", newline="") as fh:
-        keys = sorted({k for r in rows for k in r})
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    if len(est) and not reference:
-        from ukpgan_ros.plots import plot_trajectory
+    from ukpgan_ros.trajectory_report import write_trajectory_report
 
-        plot_trajectory(est, gt if len(gt) else None, out / "trajectory.png",
-                        title=f"{cfg.registration}: {cfg.detector} + {cfg.descriptor}, voxel {cfg.voxel_size} m")
-        print(f"  trajectory plot: {out / 'trajectory.png'}, per-frame table: {out / 'frames.csv'}")
+    where = write_trajectory_report(out, rows, None if reference else est, gt,
+                                    title=f"{cfg.registration}: {cfg.detector} + {cfg.descriptor}, voxel {cfg.voxel_size} m")
+    print(f"  {where}")
     return summary

@@ -105,13 +105,12 @@ class UkpganDetectorNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         with self._lock:
             self._cfg, self._stream, self._pipeline = cfg, stream, pipeline
-        self._pubs = {
-            "keypoints": self.create_lifecycle_publisher(PointCloud2, "~/keypoints", 5),
-            "markers": self.create_lifecycle_publisher(MarkerArray, "~/markers", 5),
-            "transform": self.create_lifecycle_publisher(TransformStamped, "~/transform", 10),
-            "pose": self.create_lifecycle_publisher(PoseStamped, "~/pose", 10),
-            "odometry": self.create_lifecycle_publisher(Odometry, "~/odometry", 10),
-        }
+        from ukpgan_ros.outputs import OUTPUT_TOPICS
+        from ukpgan_ros.ros.render import message_class
+
+        # the node's own output topics (/tf is made by _create_tf_publisher)
+        self._pubs = {o.key: self.create_lifecycle_publisher(message_class(o.msgtype), o.topic, o.depth)
+                      for o in OUTPUT_TOPICS if o.private}
         self._track_services = [self.create_service(Trigger, "~/reset", self._on_reset),
                                 self.create_service(Trigger, "~/save_map", self._on_save_map)]
         self._initialpose_sub = self.create_subscription(PoseWithCovarianceStamped, "initialpose",
@@ -454,31 +453,14 @@ class UkpganDetectorNode(LifecycleNode):
         st.processed += 1  # last: readers of the counters see a finished frame
 
     def _publish(self, result, header, cfg: PipelineConfig) -> None:
-        kps = result.keypoints
-        self._pubs["keypoints"].publish(xyz_to_pointcloud2(kps.xyz, header, {"saliency": kps.scores}))
-        self._pubs["markers"].publish(keypoint_markers(kps, header, scale=max(0.02, 0.6 * cfg.voxel_size)))
-        step = result.tracking
-        if step is None or not step.placed:
-            return  # a frame without a pose publishes no transform, pose, odometry or TF
-        sensor = header.frame_id
-        # ~/transform: the motion since the last placed frame (odometry modes), or map_from_sensor
-        T = result.pose if cfg.registration == "reference" else step.motion
-        if T is not None:
-            tf_msg = matrix_to_transform_stamped(T, header, sensor)
-            if cfg.registration == "reference":
-                tf_msg.header.frame_id = cfg.odom_frame
-            self._pubs["transform"].publish(tf_msg)
-        pose = matrix_to_pose_stamped(result.pose, header)
-        pose.header.frame_id = cfg.odom_frame
-        self._pubs["pose"].publish(pose)
-        self._pubs["odometry"].publish(odometry_msg(result.pose, step.covariance, header, cfg.odom_frame, sensor))
-        tf_pub = self._tf
-        if tf_pub is not None and cfg.publish_tf and sensor and sensor != cfg.odom_frame:
-            odom_tf = matrix_to_transform_stamped(result.pose, header, sensor)
-            odom_tf.header.frame_id = cfg.odom_frame
-            from tf2_msgs.msg import TFMessage  # importable: the publisher exists
+        """What the frame publishes is decided in ukpgan_ros.outputs (the rules live there)."""
+        from ukpgan_ros.outputs import OutputSettings, frame_outputs
+        from ukpgan_ros.ros.render import render
 
-            tf_pub.publish(TFMessage(transforms=[odom_tf]))
+        for out in frame_outputs(result, stamp_ns(header.stamp), header.frame_id, OutputSettings.from_config(cfg)):
+            pub = self._tf if out.key == "tf" else self._pubs.get(out.key)
+            if pub is not None:  # /tf is None without tf2_msgs
+                pub.publish(render(out))
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
