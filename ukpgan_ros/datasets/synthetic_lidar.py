@@ -21,7 +21,7 @@ in the lane at 10 m/s with 12 m corner radii, ``fast_turn`` at 8 m/s through 6 m
 
 Frame poses are exact (sensor-to-world at the stamp; LiDAR frame x forward, y left, z up) and
 :meth:`SyntheticLidarSequence.pose_at` gives the pose at any time, so deskewing can be checked
-point by point. ``python -m ukpgan_ros.datasets.synthetic_lidar`` prints scan sizes, timings
+point by point. ``python -m ukpgan_ros.datasets`` prints scan sizes, timings
 and what deskewing does on each motion.
 """
 
@@ -588,14 +588,14 @@ class SyntheticLidarSequence:
 # ----------------------------------------------------------------------------- figures
 
 
-def _main(argv: list[str] | None = None) -> int:
+def lidar_figures(argv: list[str] | None = None) -> int:
     """Print scan size and time per motion, and the mean point error before/after deskewing."""
     import argparse
     import time
 
     from ukpgan_ros.deskew import deskew
 
-    ap = argparse.ArgumentParser(prog="python -m ukpgan_ros.datasets.synthetic_lidar", description=_main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m ukpgan_ros.datasets", description=lidar_figures.__doc__)
     ap.add_argument("--frames", type=int, nargs="+", default=[3, 8, 15], help="frames to measure")
     ap.add_argument("--motions", nargs="+", default=list(MOTIONS), choices=list(MOTIONS))
     args = ap.parse_args(argv)
@@ -619,7 +619,3 @@ def _main(argv: list[str] | None = None) -> int:
             print(f"{name:<10} {k:>5} {len(sc.points):>7} {dt_cast:>7.2f} {np.linalg.norm(true[:3, 3]) / seq.period:>6.1f} "
                   f"{yaw_rate:>7.1f}/s   {100 * err(sc.points):6.2f} / {100 * err(d_true):5.2f} / {100 * err(d_cv):5.2f}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())
