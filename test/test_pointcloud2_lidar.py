@@ -10,6 +10,7 @@ import struct
 import numpy as np
 import pytest
 
+from test_pointcloud2 import STRUCT, field, pack_cloud
 from ukpgan_ros.pointcloud2 import (
     CloudFormatError,
     normalize_point_times,
@@ -21,7 +22,6 @@ from ukpgan_ros.pointcloud2 import (
 msg_mod = pytest.importorskip("sensor_msgs.msg", reason="the rclpy message packages build the test messages")
 PointCloud2, PointField = msg_mod.PointCloud2, msg_mod.PointField
 
-STRUCT = {1: "b", 2: "B", 3: "h", 4: "H", 5: "i", 6: "I", 7: "f", 8: "d"}
 I8, U8, I16, U16, I32, U32, F32, F64 = 1, 2, 3, 4, 5, 6, 7, 8
 STAMP_SEC, STAMP_NSEC = 1_700_000_000, 250_000_000
 STAMP = STAMP_SEC + STAMP_NSEC * 1e-9
@@ -38,24 +38,18 @@ HESAI = ([("x", 0, F32), ("y", 4, F32), ("z", 8, F32), ("intensity", 12, F32), (
 LIVOX_F64_XYZ = ([("intensity", 0, I16), ("x", 8, F64), ("y", 16, F64), ("z", 24, F64), ("t", 32, I32)], 40)
 
 
-def make_cloud(layout, rows, bigendian=False, row_pad=0, fill=0xCD) -> PointCloud2:
-    """A real sensor_msgs/PointCloud2 packed point by point with struct; padding bytes = ``fill``."""
+def make_cloud(layout, rows, bigendian=False, row_pad=0) -> PointCloud2:
+    """A real sensor_msgs/PointCloud2 packed point by point with struct (test_pointcloud2's packer)."""
     spec, point_step = layout
-    height, width = len(rows), len(rows[0])
-    row_step = width * point_step + row_pad
-    data = bytearray([fill]) * (row_step * height)
-    e = ">" if bigendian else "<"
-    for r, row in enumerate(rows):
-        for c, point in enumerate(row):
-            for name, offset, dt in spec:
-                struct.pack_into(e + STRUCT[dt], data, r * row_step + c * point_step + offset, point[name])
+    packed = pack_cloud(rows, [field(n, o, d) for n, o, d in spec], point_step, row_pad=row_pad, bigendian=bigendian,
+                        fill=0xCD)
     msg = PointCloud2()
     msg.header.stamp.sec, msg.header.stamp.nanosec = STAMP_SEC, STAMP_NSEC
     msg.header.frame_id = "lidar"
-    msg.height, msg.width, msg.point_step, msg.row_step = height, width, point_step, row_step
+    msg.height, msg.width, msg.point_step, msg.row_step = packed.height, packed.width, point_step, packed.row_step
     msg.is_bigendian, msg.is_dense = bigendian, False
     msg.fields = [PointField(name=n, offset=o, datatype=d, count=1) for n, o, d in spec]
-    msg.data = bytes(data)
+    msg.data = packed.data
     return msg
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from ukpgan_ros.datasets.base import DepthFrame
+from ukpgan_ros.datasets.base import DepthFrame, IndexedSequence
 
 __all__ = [
     "SyntheticLidarSequence", "LidarScan", "StreetScene", "build_street", "beam_elevations_deg", "Motion",
@@ -357,7 +357,7 @@ class LidarScan:
     ranges: np.ndarray  # (beams, columns) float32 organized ranges, 0 = no return
 
 
-class SyntheticLidarSequence:
+class SyntheticLidarSequence(IndexedSequence):
     """The built-in spinning LiDAR: ``num_frames`` sweeps of the street at ``rate_hz``, cast on access.
 
     Implements DepthSequence for point clouds (``has_depth`` False, ``K`` NaN; ``width`` x
@@ -431,14 +431,6 @@ class SyntheticLidarSequence:
 
     def __len__(self) -> int:
         return self.num_frames
-
-    def _index(self, i: int) -> int:
-        if not isinstance(i, (int, np.integer)):
-            raise TypeError(f"frame index must be an int, got {type(i).__name__}")
-        j = int(i) + self.num_frames if i < 0 else int(i)
-        if not 0 <= j < self.num_frames:
-            raise IndexError(f"frame index {i} out of range for {self.num_frames} frames")
-        return j
 
     def pose_at(self, t: float | np.ndarray) -> np.ndarray:
         """Sensor-to-world pose(s) at time(s) ``t`` [s]: (4, 4), or (N, 4, 4) for an array."""
@@ -579,10 +571,6 @@ class SyntheticLidarSequence:
     def __getitem__(self, i: int) -> DepthFrame:
         sc = self.scan(i)
         return DepthFrame.from_cloud(sc.index, sc.stamp, sc.points, sc.pose)
-
-    def __iter__(self):
-        for i in range(self.num_frames):
-            yield self[i]
 
 
 # ----------------------------------------------------------------------------- figures
