@@ -35,6 +35,7 @@ import numpy as np
 
 from ukpgan_ros.cloud import WorkingCloud
 from ukpgan_ros.detectors.base import Keypoints
+from ukpgan_ros.features.registry import descriptor
 from ukpgan_ros.registration import FrameFeatures
 from ukpgan_ros.transforms import adjoint
 
@@ -270,6 +271,14 @@ def load_map(folder: str | Path, max_keyframes: int | None = None) -> KeyframeMa
     meta = {k: index[k] for k in ("voxel_size", "descriptor", "detector", "match_against", "frame_id") if k in index}
     kmap = KeyframeMap(max_keyframes=max(max_keyframes or 0, len(entries)), meta=meta)
     dim = index.get("descriptor_dim")
+    if "descriptor" in index:  # a known kind of the declared length (the registry's)
+        try:
+            spec = descriptor(index["descriptor"])
+        except ValueError as exc:
+            raise MapFormatError(f"{idx_path}: {exc}") from exc
+        if dim is not None and dim != spec.dim:
+            raise MapFormatError(f"{idx_path}: descriptor_dim {dim!r} but {spec.name} descriptors have {spec.dim}")
+        dim = spec.dim
     for e in entries:
         try:
             kf_id, file = int(e["id"]), str(e["file"])
