@@ -1,9 +1,9 @@
-"""The closed-form eigen-solver of symmetric 3x3 matrices the compiled CPU kernels share (SHOT's
-local frames in :mod:`~ukpgan_ros.features.shot_cpu`, PCA normals in
-:mod:`~ukpgan_ros.features.normals_cpu`): float64, trigonometric eigenvalues, eigenvectors as
-the largest cross product of two rows of ``A - lam I``, with torch ``_principal_axes``'
-fallbacks where an eigenvalue repeats. Plain Python functions, compiled by numba on first use
-(:func:`~ukpgan_ros.features._numba.compile_module`).
+"""Symmetric 3x3 matrices for the compiled CPU kernels (SHOT's local frames in
+:mod:`~ukpgan_ros.features.shot_cpu`, PCA normals in :mod:`~ukpgan_ros.features.normals_cpu`):
+scatter-matrix sums and the closed-form eigen-solver, float64, trigonometric eigenvalues,
+eigenvectors as the largest cross product of two rows of ``A - lam I``, with torch
+``_principal_axes``' fallbacks where an eigenvalue repeats. Plain Python functions, compiled by
+numba on first use (:func:`~ukpgan_ros.features._numba.compile_module`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,23 @@ import math
 
 __all__: list[str] = []
 
-_INLINED: tuple[str, ...] = ()
+_INLINED = ("_cross", "_add_outer")
 _JITTED = ("_eigvec3", "_orth", "_principal_axes")
+
+
+def _add_outer(c_xx, c_xy, c_xz, c_yy, c_yz, c_zz, a0, a1, a2, b0, b1, b2):
+    """The upper triangle (xx, xy, xz, yy, yz, zz) of ``C + a b^T`` (for a scatter matrix, ``a``
+    is ``b`` or ``b`` weighted): scalars in, scalars out, so it inlines into the hot loops."""
+    return (c_xx + a0 * b0, c_xy + a0 * b1, c_xz + a0 * b2,
+            c_yy + a1 * b1, c_yz + a1 * b2, c_zz + a2 * b2)
+
+
+def _cross(a0, a1, a2, b0, b1, b2):
+    """a x b and its squared norm."""
+    c0 = a1 * b2 - a2 * b1
+    c1 = a2 * b0 - a0 * b2
+    c2 = a0 * b1 - a1 * b0
+    return c0, c1, c2, c0 * c0 + c1 * c1 + c2 * c2
 
 
 def _eigvec3(a, b, c, d, e, f, lam):
@@ -23,21 +38,11 @@ def _eigvec3(a, b, c, d, e, f, lam):
     r10, r11, r12 = b, d - lam, e
     r20, r21, r22 = c, e, f - lam
     # r0 x r1, r0 x r2, r1 x r2, the largest kept (first one on equal norms, like torch.max)
-    c0 = r01 * r12 - r02 * r11
-    c1 = r02 * r10 - r00 * r12
-    c2 = r00 * r11 - r01 * r10
-    best = c0 * c0 + c1 * c1 + c2 * c2
-    v0, v1, v2 = c0, c1, c2
-    c0 = r01 * r22 - r02 * r21
-    c1 = r02 * r20 - r00 * r22
-    c2 = r00 * r21 - r01 * r20
-    n2 = c0 * c0 + c1 * c1 + c2 * c2
+    v0, v1, v2, best = _cross(r00, r01, r02, r10, r11, r12)
+    c0, c1, c2, n2 = _cross(r00, r01, r02, r20, r21, r22)
     if n2 > best:
         best, v0, v1, v2 = n2, c0, c1, c2
-    c0 = r11 * r22 - r12 * r21
-    c1 = r12 * r20 - r10 * r22
-    c2 = r10 * r21 - r11 * r20
-    n2 = c0 * c0 + c1 * c1 + c2 * c2
+    c0, c1, c2, n2 = _cross(r10, r11, r12, r20, r21, r22)
     if n2 > best:
         best, v0, v1, v2 = n2, c0, c1, c2
     s = math.sqrt(max(best, 1e-300))

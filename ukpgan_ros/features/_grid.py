@@ -27,7 +27,8 @@ _CELLS_PER_RADIUS = 1  # grid cell edge = radius: 9 columns, ~5 candidates per n
 _DENSE_LIMIT = 1 << 22  # a dense per-cell offset table up to max(this, 16 N) cells, else
 _DENSE_PER_POINT = 16  # binary search in the sorted cell keys
 _INLINED = ("_within",)  # inlined in numba IR: the hot loops must not call functions
-_JITTED = ("_rank_by_distance", "_lower_bound", "_runs", "_cell_keys", "_counting_sort")
+_JITTED = ("_rank_by_distance", "_lower_bound", "_runs", "_block_scratch", "_keep_nearest", "_cell_keys",
+           "_counting_sort")
 
 
 class Grid(NamedTuple):
@@ -148,6 +149,33 @@ def _within(qx, qy, qz, px, py, pz, m_runs, j0s, j1s, r2, srow, d2s):
             d2s[c] = d2
             c += np.uint64(d2 <= r2)
     return np.int64(c)
+
+
+def _block_scratch(px, py, pz, qsrc, q_lo, q_hi, origin, inv_cell, slack, radius, dims, start, keys, dense):
+    """Run buffers ``j0s``/``j1s`` for the columns a query scans, and the most candidates any
+    query ``qsrc[q_lo:q_hi]`` of a block has (scratch is sized once for the block)."""
+    n_cols = (2 * int(radius * inv_cell + 0.5) + 3) ** 2  # columns crossing a sphere of radius
+    j0s = np.empty(n_cols, np.uint64)
+    j1s = np.empty(n_cols, np.uint64)
+    size = 1
+    for qk in range(q_lo, q_hi):
+        qi = qsrc[qk]
+        size = max(size, _runs(px[qi], py[qi], pz[qi], origin, inv_cell, slack, radius, dims,
+                               start, keys, dense, j0s, j1s)[1])
+    return j0s, j1s, size
+
+
+def _keep_nearest(srow, d2s, orig, cnt, cap, keep_src, keep_d2):
+    """Move the ``cap`` nearest of the ``cnt`` neighbours (equal distances: input order) to the
+    front of ``srow``/``d2s``, through the scratch ``keep_src``/``keep_d2``; returns ``cap``."""
+    perm = _rank_by_distance(d2s, srow, orig, cnt, False)
+    for k in range(cap):
+        keep_src[k] = srow[perm[k]]
+        keep_d2[k] = d2s[perm[k]]
+    for k in range(cap):
+        srow[k] = keep_src[k]
+        d2s[k] = keep_d2[k]
+    return cap
 
 
 def _cell_keys(pts, origin, inv_cell, dims):

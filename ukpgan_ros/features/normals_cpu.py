@@ -12,8 +12,9 @@ import sys
 import numpy as np
 
 from ukpgan_ros.features import _eig3, _grid
-from ukpgan_ros.features._eig3 import _principal_axes
-from ukpgan_ros.features._grid import _rank_by_distance, _runs, _within, as_cloud, bucket, check_extent, check_radius
+from ukpgan_ros.features._eig3 import _add_outer, _principal_axes
+from ukpgan_ros.features._grid import (_block_scratch, _keep_nearest, _runs, _within, as_cloud, bucket, check_extent,
+                                       check_radius)
 from ukpgan_ros.features._numba import check_threads, compile_module, run_blocks
 
 __all__ = ["normals_cpu"]
@@ -24,40 +25,33 @@ _INLINED: tuple[str, ...] = ()
 _JITTED = ("_normals_block",)
 
 
-def _normals_block(q_lo, q_hi, pts, orig, start, keys, dense, origin, dims, inv_cell, slack,
+def _normals_block(q_lo, q_hi, qsrc, pts, orig, start, keys, dense, origin, dims, inv_cell, slack,
                    radius, max_nn, vp, out):
-    """PCA normals of the grid-sorted points ``q_lo .. q_hi`` into rows ``orig[q]`` of
+    """PCA normals of the grid-sorted points ``qsrc[q_lo:q_hi]`` into rows ``orig[q]`` of
     ``out``: the smallest-eigenvalue axis of the covariance of the (at most ``max_nn``
-    nearest) points within ``radius`` about their centroid, in double, facing ``vp``."""
+    nearest) points within ``radius`` about their centroid, in double, facing ``vp``; NaN
+    with fewer than 3 neighbours or all of them at one position."""
     px, py, pz = pts[0], pts[1], pts[2]
-    n_cols = (2 * _NORMAL_CELLS_PER_RADIUS + 3) ** 2
-    j0s = np.empty(n_cols, np.uint64)
-    j1s = np.empty(n_cols, np.uint64)
-    size = 1
-    for qi in range(q_lo, q_hi):
-        size = max(size, _runs(px[qi], py[qi], pz[qi], origin, inv_cell, slack, radius, dims,
-                               start, keys, dense, j0s, j1s)[1])
+    j0s, j1s, size = _block_scratch(px, py, pz, qsrc, q_lo, q_hi, origin, inv_cell, slack, radius, dims,
+                                    start, keys, dense)
     srow = np.empty(size, np.uint32)
     d2s = np.empty(size, np.float32)
-    nearest = np.empty(size, np.uint32)
+    keep_src = np.empty(size, np.uint32)  # scratch of _keep_nearest
+    keep_d2 = np.empty(size, np.float32)
     r2 = np.float32(radius * radius)
-    for qi in range(q_lo, q_hi):
+    for qk in range(q_lo, q_hi):
+        qi = qsrc[qk]
         qx, qy, qz = px[qi], py[qi], pz[qi]
         m_runs = _runs(qx, qy, qz, origin, inv_cell, slack, radius, dims, start, keys, dense,
                        j0s, j1s)[0]
         cnt = _within(qx, qy, qz, px, py, pz, m_runs, j0s, j1s, r2, srow, d2s)
         row = orig[qi]
-        if cnt > max_nn:  # the nearest (equal distances: input order)
-            perm = _rank_by_distance(d2s, srow, orig, cnt, False)
-            for k in range(max_nn):
-                nearest[k] = srow[perm[k]]
-            for k in range(max_nn):
-                srow[k] = nearest[k]
-            cnt = max_nn
+        if cnt > max_nn:
+            cnt = _keep_nearest(srow, d2s, orig, cnt, max_nn, keep_src, keep_d2)
+        out[row, 0] = np.nan
+        out[row, 1] = np.nan
+        out[row, 2] = np.nan
         if cnt < 3:
-            out[row, 0] = np.nan
-            out[row, 1] = np.nan
-            out[row, 2] = np.nan
             continue
         # centroid, then the covariance about it (two passes, double)
         mx = 0.0
@@ -71,28 +65,16 @@ def _normals_block(q_lo, q_hi, pts, orig, start, keys, dense, origin, dims, inv_
         mx /= cnt
         my /= cnt
         mz /= cnt
-        c_xx = 0.0
-        c_xy = 0.0
-        c_xz = 0.0
-        c_yy = 0.0
-        c_yz = 0.0
-        c_zz = 0.0
+        c_xx = c_xy = c_xz = c_yy = c_yz = c_zz = 0.0
         for k in range(cnt):
             j = srow[k]
             ex = np.float64(px[j]) - mx
             ey = np.float64(py[j]) - my
             ez = np.float64(pz[j]) - mz
-            c_xx += ex * ex
-            c_xy += ex * ey
-            c_xz += ex * ez
-            c_yy += ey * ey
-            c_yz += ey * ez
-            c_zz += ez * ez
+            c_xx, c_xy, c_xz, c_yy, c_yz, c_zz = _add_outer(c_xx, c_xy, c_xz, c_yy, c_yz, c_zz,
+                                                            ex, ey, ez, ex, ey, ez)
         v0, v1, v2, w0, w1, w2, ok = _principal_axes(c_xx, c_xy, c_xz, c_yy, c_yz, c_zz)
         if not ok:  # all the points at one position
-            out[row, 0] = np.nan
-            out[row, 1] = np.nan
-            out[row, 2] = np.nan
             continue
         flip = (vp[0] - qx) * w0 + (vp[1] - qy) * w1 + (vp[2] - qz) * w2 < 0
         s = -1.0 if flip else 1.0
@@ -136,5 +118,5 @@ def normals_cpu(
     compile_module(sys.modules[__name__])
     grid = bucket(pts, None, r, _NORMAL_CELLS_PER_RADIUS)
     out = np.empty(pts.shape, np.float32)
-    run_blocks(_normals_block, (grid.points, *grid.search, r, cap, vp, out), pts.shape[0], threads)
+    run_blocks(_normals_block, (grid.queries, grid.points, *grid.search, r, cap, vp, out), pts.shape[0], threads)
     return out

@@ -46,9 +46,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ukpgan_ros.features import _eig3, _grid
-from ukpgan_ros.features._eig3 import _principal_axes
-from ukpgan_ros.features._grid import (_CELLS_PER_RADIUS, _rank_by_distance, _runs, _within, as_cloud, bucket,
-                                       check_extent, check_radius)
+from ukpgan_ros.features._eig3 import _add_outer, _principal_axes
+from ukpgan_ros.features._grid import (_block_scratch, _keep_nearest, _runs, _within, _rank_by_distance, as_cloud,
+                                       bucket, check_extent, check_radius)
 from ukpgan_ros.features._numba import check_threads, compile_module, run_blocks
 
 __all__ = ["SHOT_DIM", "ShotResult", "shot_cpu", "warmup"]
@@ -172,16 +172,11 @@ def _shot_block(q_lo, q_hi, qsrc, rows, pts, nrm, nrm_ok, orig, start, keys, den
     f32 = np.float32
     px, py, pz = pts[0], pts[1], pts[2]
     nx, ny, nz = nrm[0], nrm[1], nrm[2]
-    n_cols = (2 * _CELLS_PER_RADIUS + 3) ** 2
-    j0s = np.empty(n_cols, np.uint64)
-    j1s = np.empty(n_cols, np.uint64)
-    # scratch sized once for the block: the most candidates of any of its queries
-    size = 1
-    for qk in range(q_lo, q_hi):
-        qi = qsrc[qk]
-        size = max(size, _runs(px[qi], py[qi], pz[qi], origin, inv_cell, slack, radius, dims,
-                               start, keys, dense, j0s, j1s)[1])
+    j0s, j1s, size = _block_scratch(px, py, pz, qsrc, q_lo, q_hi, origin, inv_cell, slack, radius, dims,
+                                    start, keys, dense)
     srow = np.empty(size, np.uint32)  # neighbour (grid-sorted index)
+    keep_src = np.empty(size, np.uint32)  # scratch of _keep_nearest
+    keep_d2 = np.empty(size, np.float32)
     # per neighbour: 0-2 offset from the query, 3 squared distance, 4-6 projections on the
     # unsigned x, y, z axes, 7 normal . unsigned z, 8 weight in the histogram (0 or 1),
     # 9 distance
@@ -203,17 +198,8 @@ def _shot_block(q_lo, q_hi, qsrc, rows, pts, nrm, nrm_ok, orig, start, keys, den
         m_runs = _runs(qx, qy, qz, origin, inv_cell, slack, radius, dims, start, keys, dense,
                        j0s, j1s)[0]
         cnt = _within(qx, qy, qz, px, py, pz, m_runs, j0s, j1s, r2, srow, d2s)
-        if cnt > cap:  # keep the ``cap`` nearest (equal distances: input order)
-            perm = _rank_by_distance(d2s, srow, orig, cnt, False)
-            keep_src = np.empty(cap, np.uint32)
-            keep_d2 = np.empty(cap, np.float32)
-            for k in range(cap):
-                keep_src[k] = srow[perm[k]]
-                keep_d2[k] = d2s[perm[k]]
-            for k in range(cap):
-                srow[k] = keep_src[k]
-                d2s[k] = keep_d2[k]
-            cnt = cap
+        if cnt > cap:
+            cnt = _keep_nearest(srow, d2s, orig, cnt, cap, keep_src, keep_d2)
         # ---------------------------------------------------------------- frame
         # PCL: covariance of the offsets from the query weighted by R - d, in double. The
         # offsets (the same float32 values as in the search) first, in a loop that vectorises
@@ -226,26 +212,14 @@ def _shot_block(q_lo, q_hi, qsrc, rows, pts, nrm, nrm_ok, orig, start, keys, den
             bz[k] = pz[j] - qz
             dist_[k] = np.sqrt(d2s[k])  # float32 sqrt, like PCL's std::sqrt(float)
             n_same += np.int64(d2s[k] == 0)  # at the query's own position: skipped, like PCL
-        c_xx = 0.0
-        c_xy = 0.0
-        c_xz = 0.0
-        c_yy = 0.0
-        c_yz = 0.0
-        c_zz = 0.0
+        c_xx = c_xy = c_xz = c_yy = c_yz = c_zz = 0.0
         for k in range(cnt):  # a coincident neighbour has a zero offset and adds exactly 0
             ex = np.float64(bx[k])
             ey = np.float64(by[k])
             ez = np.float64(bz[k])
             w = radius - np.float64(dist_[k])
-            wx = w * ex
-            wy = w * ey
-            wz = w * ez
-            c_xx += wx * ex
-            c_xy += wx * ey
-            c_xz += wx * ez
-            c_yy += wy * ey
-            c_yz += wy * ez
-            c_zz += wz * ez
+            c_xx, c_xy, c_xz, c_yy, c_yz, c_zz = _add_outer(c_xx, c_xy, c_xz, c_yy, c_yz, c_zz,
+                                                            w * ex, w * ey, w * ez, ex, ey, ez)
         n = cnt - n_same
         v0, v1, v2, w0, w1, w2, ok = _principal_axes(c_xx, c_xy, c_xz, c_yy, c_yz, c_zz)
         if not (ok and n >= _MIN_NEIGHBORS):
