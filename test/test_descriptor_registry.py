@@ -3,6 +3,7 @@ compute function returns on a real cloud, and every front end offers exactly its
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 
@@ -80,7 +81,6 @@ def test_front_ends_offer_exactly_the_registered_kinds():
     assert tuple(field.metadata["choices"]) == DESCRIPTORS == DESCRIPTOR_NAMES == tuple(d.name for d in registered())
     assert PipelineConfig().descriptor in DESCRIPTOR_NAMES
     from ukpgan_ros.evaluation.run import add_arguments
-    import argparse
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
