@@ -229,16 +229,14 @@ class KeypointPipeline:
 
     def descriptor_radius(self, kind: str | None = None) -> float:
         """Support radius [m] of descriptor ``kind`` (default: the configured one)."""
-        kind = kind or self.cfg.descriptor
-        return self.cfg.shot_radius if kind == "shot" else self.cfg.fpfh_radius
+        return self.cfg.descriptor_radius(kind)
 
     def _shares_features(self, radius: float) -> bool:
-        """Whether the detector computes the configured descriptors anyway (UKPGAN reads SHOT of
-        every point at the descriptor's radius): then they are taken from its pass."""
+        """Whether the detector computes the configured descriptors anyway (UKPGAN reads its
+        ``feature.kind``, SHOT, of every point at ``feature_radius``): then they are taken from its pass."""
         cfg = self.cfg
-        return (cfg.descriptor == "shot"
-                and hasattr(self.detector, "detect_with_features")
-                and getattr(getattr(self.detector, "feature", None), "kind", None) == "shot"
+        return (hasattr(self.detector, "detect_with_features")
+                and getattr(getattr(self.detector, "feature", None), "kind", None) == cfg.descriptor
                 and abs(getattr(self.detector, "feature_radius", -1.0) - radius) <= 1e-9 * max(radius, 1.0))
 
     def describe(self, points: np.ndarray, *, crop: bool = True, dense: bool = False,
@@ -278,8 +276,8 @@ class KeypointPipeline:
         elif shared is not None:
             dense_desc = shared if cfg.match_against == "dense" and dense else None
             desc = shared[kps.indices]
-        elif cfg.match_against == "dense" and (dense or cfg.descriptor == "fpfh"):
-            # FPFH's cost is mostly the per-point histograms it needs anyway: densify for free.
+        elif cfg.match_against == "dense" and (dense or cfg.descriptor_spec.dense_is_cheap):
+            # e.g. FPFH: its cost is mostly the per-point histograms it needs anyway, densify for free
             dense_desc = compute_descriptors(cfg.descriptor, cloud.points, cloud.normals, None, radius, self.device)
             desc = dense_desc[kps.indices]
         else:
