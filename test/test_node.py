@@ -159,7 +159,8 @@ def test_lifecycle_services_drive_every_transition(harness_factory):
     for tid, expected in steps:
         assert h.transition(tid), f"transition {tid} refused"
         assert h.state() == expected
-    assert h.node._pipeline is None and not h.node._subs, "shutdown must release the pipeline and subscriptions"
+    assert h.node._pipeline is None and h.node._input is None and h.node._worker is None, \
+        "shutdown must release the pipeline, the input subscriptions and the worker"
 
 
 def test_clouds_in_keypoints_transforms_pose_and_diagnostics_out(harness_factory, frames):
@@ -384,7 +385,7 @@ def test_best_effort_publisher_is_matched_automatically(harness_factory, frames)
     time.sleep(0.5)
     pub.publish(_cloud(frames[0], 1.0))
     assert len(h.wait("keypoints", 1, timeout=20)) == 1
-    assert h.node._reliability == ReliabilityPolicy.BEST_EFFORT
+    assert h.node._input.reliability == ReliabilityPolicy.BEST_EFFORT
 
 
 def test_stale_frames_are_dropped_not_queued(harness_factory, frames):
