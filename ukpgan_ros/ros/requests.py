@@ -19,7 +19,7 @@ from ukpgan_ros.ros.parameters import live_update
 __all__ = ["guarded_service", "answer_reset", "answer_save_map", "reset_job", "parse_initialpose", "set_pose_job",
            "parameters_job", "RESET_WAIT_S", "SAVE_MAP_WAIT_S"]
 
-RESET_WAIT_S = 0.05  # ~/reset answers with the outcome if the worker is idle, else "from the next frame on"
+RESET_WAIT_S = 0.02  # ~/reset answers with the outcome if the worker is idle, else "from the next frame on"
 SAVE_MAP_WAIT_S = 60.0  # ~/save_map waits this long for the frame in progress and the writing
 
 
