@@ -199,7 +199,7 @@ class UkpganDetectorNode(LifecycleNode):
     @guarded_service("save_map")
     def _on_save_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         """Write the keyframes to ``map_dir`` (format: ukpgan_ros/maps.py) between frames."""
-        fut = self._worker.submit("save_map", lambda pipeline: pipeline.save_map())
+        fut = self._worker.submit("save_map", lambda pipeline: pipeline.save_map(), log_errors=False)
         return answer_save_map(fut, response, self.get_logger())
 
     def _refuse(self, response, what: str):

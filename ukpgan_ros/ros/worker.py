@@ -120,15 +120,16 @@ class FrameWorker:
             return self.stats.snapshot()
 
     # ------------------------------------------------------------------ jobs
-    def submit(self, name: str, fn: Callable[[Any], Any]) -> Future:
-        """Queue ``fn(pipeline)`` to run between frames; its Future holds the result or exception."""
+    def submit(self, name: str, fn: Callable[[Any], Any], log_errors: bool = True) -> Future:
+        """Queue ``fn(pipeline)`` to run between frames; its Future holds the result or exception
+        (logged here unless ``log_errors`` is False: the caller answers with it)."""
         self.watch()
         fut: Future = Future()
         with self.cond:
             if not self._running:
                 fut.set_exception(RuntimeError("the node is not configured"))
                 return fut
-            self._jobs.append((name, fn, fut))
+            self._jobs.append((name if log_errors else "", fn, fut))
             self.cond.notify_all()
         return fut
 
@@ -178,7 +179,8 @@ class FrameWorker:
         try:
             result = fn(self.pipeline)
         except Exception as e:  # noqa: BLE001 - a failed request is answered, never fatal
-            self._log.error(f"{name} failed: {type(e).__name__}: {e}")
+            if name:  # "": the caller answers with the error
+                self._log.error(f"{name} failed: {type(e).__name__}: {e}")
             with self.cond:
                 self._busy = None
             fut.set_exception(e)
