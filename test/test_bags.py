@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import DATA, need, ros_domain
-from ukpgan_ros.bags import BagWriter, MessageBuilder, record_sequence
+from ukpgan_ros.bags.messages import MessageBuilder
+from ukpgan_ros.bags.record import record_sequence
+from ukpgan_ros.bags.writer import BagWriter
 from ukpgan_ros.cli import main
 from ukpgan_ros.datasets import DepthFrame, SevenScenesSequence, open_sequence
 from ukpgan_ros.datasets.bag import BagSequence, choose_topics, open_bag

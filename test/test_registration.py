@@ -148,3 +148,35 @@ def test_unusable_clouds_raise_without_touching_state():
     with pytest.raises(ValueError, match="shape"):
         pipe.process(np.zeros((10, 2)))
     assert pipe.state is TrackState.INITIALIZING and len(pipe.tracker.map) == 0
+
+
+def test_register_clouds_uses_the_config_as_given_and_builds_no_tracker(monkeypatch, tmp_path):
+    """A one-shot registration has no tracking mode: whatever ``registration`` says, no tracker is
+    built (a spy on the pipeline's make_tracker), no reference is loaded (reference mode names a
+    map that does not exist), and every mode gives the same transform, the true one."""
+    import dataclasses
+
+    import ukpgan_ros.pipeline as pipeline_module
+    from ukpgan_ros.datasets.synthetic import SyntheticSequence
+
+    seq = SyntheticSequence(num_frames=8, width=320, height=240, fx=262.5, seed=1)
+    src, tgt = seq[3].points(), seq[0].points()
+    T_gt = np.linalg.inv(seq[0].pose) @ seq[3].pose
+    base = PipelineConfig()  # UKPGAN + SHOT: the descriptors come from the detector's pass
+    pipe = KeypointPipeline(dataclasses.replace(base, registration="none"))  # lends its detector
+    built = []
+    real = pipeline_module.make_tracker
+    monkeypatch.setattr(pipeline_module, "make_tracker", lambda *a, **k: built.append(a) or real(*a, **k))
+    try:
+        results = {mode: register_clouds(src, tgt, dataclasses.replace(base, registration=mode,
+                                                                      reference_cloud=str(tmp_path / "no_map")),
+                                         pipe.detector)
+                   for mode in ("none", "consecutive", "keyframe", "reference")}
+    finally:
+        pipe.release()
+    assert built == []
+    for mode, res in results.items():
+        assert res.success, mode
+        np.testing.assert_allclose(res.T_tgt_from_src, results["none"].T_tgt_from_src, atol=1e-9)
+    assert translation_error(results["none"].T_tgt_from_src, T_gt) < 0.03
+    assert rotation_error_deg(results["none"].T_tgt_from_src, T_gt) < 1.0

@@ -347,3 +347,47 @@ def test_map_built_on_7scenes_frames_0_199_localises_frames_200_299(tmp_path):
             gt = np.linalg.inv(seq[0].pose) @ seq[i].pose
             assert translation_error(r.pose, gt) < 0.15 and rotation_error_deg(r.pose, gt) < 4.0, i
     assert placed >= 9
+
+
+def test_a_live_config_change_reaches_the_tracker_through_configure(stream):
+    """The node assigns ``pipeline.cfg`` on a live parameter change: the tracker takes the new
+    thresholds at the next frame (lost_after, the keyframe policy, the store's bound, the
+    relocalisation), and a voxel chosen from the first frame (working_points) reaches its
+    distances, its covariance floor and what its map records."""
+    import dataclasses
+
+    from ukpgan_ros.tracking import SIGMA_FLOOR_VOXELS, make_tracker
+
+    frames, det = stream["frames"], stream["pipe"].detector
+    noise = np.random.default_rng(7).uniform(-2, 2, (20000, 3)).astype(np.float32) + np.float32([0, 0, 3])
+    odo = KeypointPipeline(dataclasses.replace(CFG, registration="consecutive"), detector=det)
+    assert odo.process(frames[0][0].points()).placed
+    odo.cfg = dataclasses.replace(odo.cfg, lost_after=1)
+    assert odo.process(noise).tracking.state is TrackState.LOST  # lost_after 3 would say FAILING
+
+    kf = KeypointPipeline(CFG, detector=det)
+    steps = [kf.process(f.points()).tracking for f, _ in frames[:2]]
+    assert steps[0].new_keyframe and not steps[1].new_keyframe
+    kf.cfg = dataclasses.replace(kf.cfg, keyframe_max_distance=0.01)
+    s = kf.process(frames[2][0].points()).tracking
+    assert s.new_keyframe and "moved" in s.message
+
+    new = dataclasses.replace(CFG, keyframe_min_inliers=12, keyframe_max_distance=0.07, max_keyframes=9,
+                              relocalization_candidates=2, relocalization_min_fitness=0.45, lost_after=5)
+    kf.cfg = new
+    for tr in (kf.tracker, make_tracker(CFG)):
+        tr.configure(new)
+        assert tr.policy == KeyframePolicy(CFG.keyframe_min_fitness, 12, 0.07, CFG.keyframe_max_angle)
+        assert tr.reloc == RelocalizationPolicy(2, 0.45, 5)
+        assert (tr.map.max_keyframes, tr.map.spacing_m) == (9, 0.07)
+    loc = make_tracker(dataclasses.replace(CFG, registration="reference", reference_cloud="unused"), kf.tracker.map)
+    loc.configure(new)
+    assert loc.reloc == RelocalizationPolicy(2, 0.45, 5)
+
+    auto = KeypointPipeline(PipelineConfig(detector="fps", descriptor="fpfh", working_points=3000))
+    assert auto.process(frames[0][0].points()).placed
+    voxel = auto.cfg.voxel_size
+    assert voxel != CFG.voxel_size
+    assert auto.tracker.distance == auto.cfg.match_distance and auto.tracker.sigma_floor == SIGMA_FLOOR_VOXELS * voxel
+    assert auto.tracker.map.meta["voxel_size"] == voxel  # a saved map records the voxel it was described at
+    auto.release()

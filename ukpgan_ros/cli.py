@@ -173,7 +173,7 @@ def cmd_map(args: argparse.Namespace) -> int:
 
 
 def cmd_bag(args: argparse.Namespace) -> int:
-    from ukpgan_ros.bags import run_bag
+    from ukpgan_ros.bags.process import run_bag
 
     return run_bag(args, _config(args))
 
@@ -224,20 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_map)
 
     try:
-        from ukpgan_ros import bags
+        from ukpgan_ros.bags import process as bag_process, record as bag_record
     except ImportError as e:  # a missing optional part must not break the other commands
-        bags = None
+        bag_process = bag_record = None
         for name in ("record", "bag"):
             p = sub.add_parser(name, help=f"(unavailable: {e})")
             p.set_defaults(func=lambda a, e=e: (print(f"unavailable: {e}", file=sys.stderr), 2)[1])
-    if bags is not None:
+    if bag_process is not None:
         p = sub.add_parser("record", help="write a depth sequence (7-Scenes/TUM folder, synthetic) to a bag, no ROS needed")
-        bags.add_record_arguments(p)
-        p.set_defaults(func=bags.run_record)
+        bag_record.add_record_arguments(p)
+        p.set_defaults(func=bag_record.run_record)
 
-        p = sub.add_parser("bag", help="run the pipeline over a bag; write keypoints, markers, transforms and poses "
-                                       "next to its topics (MCAP), no ROS needed")
-        bags.add_bag_arguments(p)
+        p = sub.add_parser("bag", help="run the pipeline over a bag; write keypoints, markers, transforms, poses "
+                                       "and odometry next to its topics (MCAP), no ROS needed")
+        bag_process.add_bag_arguments(p)
         _add_pipeline_flags(p)
         p.set_defaults(func=cmd_bag)
 

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import shutil
 import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -34,12 +37,13 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ukpgan_ros.cloud import WorkingCloud
+from ukpgan_ros.config import DESCRIPTORS, PipelineConfig
 from ukpgan_ros.detectors.base import Keypoints
 from ukpgan_ros.registration import FrameFeatures
-from ukpgan_ros.transforms import adjoint
+from ukpgan_ros.transforms import MAX_TRANSLATION_M, adjoint, check_covariance, check_rigid
 
 __all__ = ["Keyframe", "KeyframeMap", "MapFormatError", "MAP_FORMAT", "MAP_VERSION", "save_map", "load_map",
-           "check_map_destination"]
+           "check_map_destination", "moved_covariance"]
 
 MAP_FORMAT = "ukpgan_ros.keyframe_map"
 MAP_VERSION = 1
@@ -50,6 +54,16 @@ class MapFormatError(ValueError):
     """A map folder is missing, incomplete, corrupt, or incompatible with the configuration."""
 
 
+def moved_covariance(T: np.ndarray, cov: np.ndarray, what: str = "covariance") -> np.ndarray:
+    """``cov`` (6x6, x y z rx ry rz) moved by the rigid ``T`` (``Ad C Ad^T``); ValueError naming
+    ``what`` when the product overflows (a huge translation times a huge variance)."""
+    Ad = adjoint(T)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = Ad @ np.asarray(cov, np.float64) @ Ad.T
+    if not np.isfinite(out).all():
+        raise ValueError(f"{what}: moving it by a transform {float(np.linalg.norm(np.asarray(T)[:3, 3])):.3g} m "
+                         "away overflows; refused")
+    return out
 
 @dataclass(frozen=True)
 class Keyframe:
@@ -144,10 +158,35 @@ class KeyframeMap:
         return min(rows, key=lambda i: (round(float(nearest[i]), 9), self._frames[i].id))
 
     def transform_all(self, C: np.ndarray) -> None:
-        """Move every keyframe by ``C`` (new_map_from_old_map), e.g. when the sensor is re-placed."""
+        """Move every keyframe by ``C`` (new_map_from_old_map), e.g. when the sensor is re-placed;
+        ValueError (and the map unchanged) when a moved pose or covariance would not be finite."""
         C = np.asarray(C, np.float64)
-        Ad = adjoint(C)
-        self._frames = [replace(k, pose=C @ k.pose, covariance=Ad @ k.covariance @ Ad.T) for k in self._frames]
+        moved = []
+        for k in self._frames:
+            with np.errstate(over="ignore", invalid="ignore"):
+                pose = C @ k.pose
+            if not np.isfinite(pose).all():
+                raise ValueError(f"keyframe {k.id} pose: moving it overflows; refused")
+            moved.append(replace(k, pose=pose, covariance=moved_covariance(C, k.covariance, f"keyframe {k.id} covariance")))
+        self._frames = moved
+
+    def check_compatible(self, descriptor: str, voxel_size: float, adopt_voxel: bool, where: str = "") -> float:
+        """The voxel [m] a stream localising against this map must use, which is the map's: its
+        descriptors were computed at radii that follow it. MapFormatError when the map holds
+        another descriptor, or was built at another voxel and ``adopt_voxel`` is False (the
+        configuration fixes the voxel)."""
+        where = f"{where}: " if where else ""
+        meta = self.meta
+        if meta.get("descriptor", descriptor) != descriptor:
+            raise MapFormatError(f"{where}the map holds {meta['descriptor']} descriptors; set descriptor: "
+                                 f"{meta['descriptor']} to localise against it")
+        voxel = float(meta.get("voxel_size", voxel_size))
+        if abs(voxel - voxel_size) > 1e-9:
+            if not adopt_voxel:
+                raise MapFormatError(f"{where}the map was built at {voxel} m voxels (descriptor radii follow the "
+                                     f"voxel); set voxel_size: {voxel}")
+            return voxel
+        return voxel_size
 
     def candidates(self, descriptors: np.ndarray, count: int, exclude: Iterable[int] = ()) -> list[tuple[Keyframe, int]]:
         """Up to ``count`` keyframes with the most votes from ``descriptors`` (K, D), best first,
@@ -182,7 +221,10 @@ class KeyframeMap:
 def check_map_destination(folder: str | Path) -> Path:
     """The resolved folder a map may be written to: absent, empty or an existing map (which is
     replaced); MapFormatError for anything else, so nobody's files are overwritten."""
-    dest = Path(folder).expanduser().resolve()
+    try:
+        dest = Path(folder).expanduser().resolve()
+    except (RuntimeError, OSError) as e:  # a symlink loop, no home directory
+        raise MapFormatError(f"{folder}: cannot be a map destination: the path does not resolve ({e})") from e
     if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not (dest / _INDEX).is_file())):
         raise MapFormatError(f"{dest} exists and is not a map folder: refusing to overwrite it")
     return dest
@@ -248,8 +290,150 @@ def _write_overview_cloud(path: Path, frames: list[Keyframe], voxel: float) -> N
     write_cloud(path, voxel_downsample(pts, voxel))
 
 
+_ARRAYS = ("points", "normals", "keypoint_xyz", "keypoint_scores", "keypoint_indices", "descriptors")
+_META_STRINGS = ("descriptor", "detector", "match_against", "frame_id")
+
+
+def _int(value, what: str, lo: int = 0) -> int:
+    """A JSON integer >= ``lo`` (not a bool, not a float)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"{what}: expected an integer >= {lo}, got {value!r}")
+    return value
+
+
+def _number(value, what: str) -> float:
+    """A finite JSON number (not a bool, not a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _read_meta(index: dict) -> dict:
+    """The map's description from its index, checked: voxel_size a finite number in the
+    configuration's range, the names strings, the descriptor one this package computes."""
+    meta = {}
+    if "voxel_size" in index:
+        lo, hi = PipelineConfig.__dataclass_fields__["voxel_size"].metadata["range"]
+        voxel = _number(index["voxel_size"], "voxel_size")
+        if not lo <= voxel <= hi:
+            raise ValueError(f"voxel_size: {voxel} m is outside [{lo}, {hi}]")
+        meta["voxel_size"] = voxel
+    for key in _META_STRINGS:
+        if key in index:
+            if not isinstance(index[key], str):
+                raise ValueError(f"{key}: expected a string, got {index[key]!r}")
+            meta[key] = index[key]
+    if meta.get("descriptor", DESCRIPTORS[0]) not in DESCRIPTORS:
+        raise ValueError(f"descriptor: {meta['descriptor']!r} is none of {', '.join(DESCRIPTORS)}")
+    return meta
+
+
+def _keyframe_file(root: Path, file, what: str) -> Path:
+    """``file`` as a path inside the map folder ``root`` (relative, no way out of it, also not
+    through a symlink)."""
+    if not isinstance(file, str) or not file:
+        raise ValueError(f"{what}: expected a relative path, got {file!r}")
+    rel = Path(file)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(f"{what}: {file!r} is not a path inside the map folder")
+    path = root / rel
+    try:
+        inside = path.resolve().is_relative_to(root.resolve())
+    except (RuntimeError, OSError) as e:
+        raise ValueError(f"{what}: {file!r} does not resolve ({e})") from e
+    if not inside:
+        raise ValueError(f"{what}: {file!r} leads out of the map folder")
+    return path
+
+
+def _read_entry(root: Path, e) -> tuple[int, Path, np.ndarray, np.ndarray, float | None, int | None,
+                                                         int | None, int | None]:
+    """One keyframe entry of the index, checked; ValueError naming the field."""
+    if not isinstance(e, dict):
+        raise ValueError(f"keyframe entry: expected an object, got {type(e).__name__}")
+    if "id" not in e:
+        raise ValueError("keyframe entry: id is missing")
+    kf_id = _int(e["id"], "keyframe id")
+    what = f"keyframe {kf_id}"
+    for key in ("file", "pose"):
+        if key not in e:
+            raise ValueError(f"{what} {key}: missing")
+    path = _keyframe_file(root, e["file"], f"{what} file")
+    try:
+        pose = np.asarray(e["pose"], np.float64)
+        cov = np.asarray(e["covariance"], np.float64) if e.get("covariance") is not None else np.zeros((6, 6))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} pose/covariance: not a matrix of numbers ({exc})") from exc
+    pose = check_rigid(pose, f"{what} pose", max_translation=MAX_TRANSLATION_M)
+    cov = check_covariance(cov, f"{what} covariance")
+    stamp = None if e.get("stamp") is None else _number(e["stamp"], f"{what} stamp")
+    index = None if e.get("index") is None else _int(e["index"], f"{what} index")
+    points = None if e.get("points") is None else _int(e["points"], f"{what} points", 1)
+    keypoints = None if e.get("keypoints") is None else _int(e["keypoints"], f"{what} keypoints")
+    return kf_id, path, pose, cov, stamp, index, points, keypoints
+
+
+def _check_array(a: np.ndarray, name: str, shape: tuple, integer: bool = False) -> None:
+    """``a`` has ``shape`` (None: any length), a numeric dtype (an integer one with ``integer``)
+    and only finite values."""
+    kind = np.integer if integer else np.number
+    if not np.issubdtype(a.dtype, kind) or np.issubdtype(a.dtype, np.complexfloating):
+        raise ValueError(f"{name}: expected {'integers' if integer else 'numbers'}, got dtype {a.dtype}")
+    if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
+        want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name}: expected shape {want}, got {a.shape}")
+    if not integer and not np.isfinite(a).all():
+        raise ValueError(f"{name}: {int(np.count_nonzero(~np.isfinite(a)))} of {a.size} values are not finite")
+
+
+def _read_keyframe_arrays(path: Path, dim: int | None, points: int | None, keypoints: int | None) -> FrameFeatures:
+    """A keyframe file's arrays, checked against each other and the index; MapFormatError
+    naming the file and the array."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in _ARRAYS if k not in z.files]
+            if missing:
+                raise MapFormatError(f"{path}: {', '.join(missing)}: missing from the keyframe file")
+            arrays = {k: z[k] for k in _ARRAYS}
+    except FileNotFoundError as exc:
+        raise MapFormatError(f"{path}: keyframe file missing") from exc
+    except MapFormatError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise MapFormatError(f"{path}: corrupt keyframe file ({type(exc).__name__}: {exc})") from exc
+    try:
+        pts, idx = arrays["points"], arrays["keypoint_indices"]
+        _check_array(pts, "points", (None, 3))
+        n = len(pts)
+        if n == 0:
+            raise ValueError("points: the keyframe holds no points")
+        _check_array(arrays["normals"], "normals", (n, 3))
+        _check_array(idx, "keypoint_indices", (None,), integer=True)
+        k = len(idx)
+        if k and (idx.min() < 0 or idx.max() >= n):
+            raise ValueError(f"keypoint_indices: range [{idx.min()}, {idx.max()}] is outside the {n} points")
+        _check_array(arrays["keypoint_xyz"], "keypoint_xyz", (k, 3))
+        _check_array(arrays["keypoint_scores"], "keypoint_scores", (k,))
+        _check_array(arrays["descriptors"], "descriptors", (k, dim))
+        if points is not None and points != n:
+            raise ValueError(f"points: the index says {points}, the file holds {n}")
+        if keypoints is not None and keypoints != k:
+            raise ValueError(f"keypoint_indices: the index says {keypoints} keypoints, the file holds {k}")
+    except ValueError as exc:
+        raise MapFormatError(f"{path}: {exc}") from exc
+    return FrameFeatures(WorkingCloud(pts.astype(np.float32), arrays["normals"].astype(np.float32), n),
+                         Keypoints(arrays["keypoint_xyz"].astype(np.float32), arrays["keypoint_scores"].astype(np.float32),
+                                   idx.astype(np.int64)),
+                         arrays["descriptors"].astype(np.float32))
+
+
 def load_map(folder: str | Path, max_keyframes: int | None = None) -> KeyframeMap:
-    """Read a map folder; MapFormatError names the file and what is wrong with it."""
+    """Read a map folder, checking everything it reads before it is trusted: the index's fields
+    (format, version, voxel_size, descriptor names and dimension, keyframe ids unique, poses
+    rigid and within MAX_TRANSLATION_M, covariances symmetric, finite, bounded, files inside the
+    folder, counts) and each keyframe file (readable, every array of the right shape and
+    finite, keypoint indices within the points, at least one point). MapFormatError names the
+    file and the field."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise MapFormatError(f"{root}: no such map folder")
@@ -258,7 +442,7 @@ def load_map(folder: str | Path, max_keyframes: int | None = None) -> KeyframeMa
         raise MapFormatError(f"{root}: not a map folder ({_INDEX} is missing)")
     try:
         index = json.loads(idx_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise MapFormatError(f"{idx_path}: unreadable ({e})") from e
     if not isinstance(index, dict) or index.get("format") != MAP_FORMAT:
         raise MapFormatError(f"{idx_path}: not a {MAP_FORMAT} index")
@@ -266,41 +450,26 @@ def load_map(folder: str | Path, max_keyframes: int | None = None) -> KeyframeMa
         raise MapFormatError(f"{idx_path}: map version {index.get('version')!r}; this reader knows {MAP_VERSION}")
     entries = index.get("keyframes")
     if not isinstance(entries, list) or not entries:
-        raise MapFormatError(f"{idx_path}: lists no keyframes")
-    meta = {k: index[k] for k in ("voxel_size", "descriptor", "detector", "match_against", "frame_id") if k in index}
+        raise MapFormatError(f"{idx_path}: keyframes: lists no keyframes")
+    try:
+        meta = _read_meta(index)
+        dim = None if index.get("descriptor_dim") is None else _int(index["descriptor_dim"], "descriptor_dim", 1)
+        origin = index.get("origin", {})
+        if not isinstance(origin, dict):
+            raise ValueError(f"origin: expected an object, got {origin!r}")
+        rows = [_read_entry(root, e) for e in entries]
+    except ValueError as exc:
+        raise MapFormatError(f"{idx_path}: {exc}") from exc
+    ids = [r[0] for r in rows]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise MapFormatError(f"{idx_path}: keyframe id {dup[0]} appears more than once")
     kmap = KeyframeMap(max_keyframes=max(max_keyframes or 0, len(entries)), meta=meta)
-    dim = index.get("descriptor_dim")
-    for e in entries:
-        try:
-            kf_id, file = int(e["id"]), str(e["file"])
-            pose = np.asarray(e["pose"], np.float64)
-            cov = np.asarray(e.get("covariance", np.zeros((6, 6))), np.float64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MapFormatError(f"{idx_path}: bad keyframe entry {e!r} ({exc})") from exc
-        if pose.shape != (4, 4) or not np.isfinite(pose).all() or cov.shape != (6, 6):
-            raise MapFormatError(f"{idx_path}: keyframe {kf_id} has a bad pose or covariance")
-        path = root / file
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in ("points", "normals", "keypoint_xyz", "keypoint_scores",
-                                            "keypoint_indices", "descriptors")}
-        except FileNotFoundError as exc:
-            raise MapFormatError(f"{path}: keyframe file missing") from exc
-        except (OSError, ValueError, KeyError, EOFError) as exc:
-            raise MapFormatError(f"{path}: corrupt keyframe file ({type(exc).__name__}: {exc})") from exc
-        pts, kp_idx, desc = arrays["points"], arrays["keypoint_indices"], arrays["descriptors"]
-        if (pts.ndim != 2 or pts.shape[1] != 3 or arrays["normals"].shape != pts.shape or desc.ndim != 2
-                or len(desc) != len(kp_idx) or (dim is not None and desc.shape[1] != dim)
-                or (len(kp_idx) and (kp_idx.min() < 0 or kp_idx.max() >= len(pts)))):
-            raise MapFormatError(f"{path}: inconsistent arrays (points {pts.shape}, descriptors {desc.shape}, "
-                                 f"{len(kp_idx)} keypoint indices)")
-        feats = FrameFeatures(WorkingCloud(pts.astype(np.float32), arrays["normals"].astype(np.float32), len(pts)),
-                              Keypoints(arrays["keypoint_xyz"].astype(np.float32),
-                                        arrays["keypoint_scores"].astype(np.float32), kp_idx.astype(np.int64)),
-                              desc.astype(np.float32))
-        stamp = e.get("stamp")
-        kmap._frames.append(Keyframe(kf_id, pose, feats, cov, None if stamp is None else float(stamp),
-                                     None if e.get("index") is None else int(e["index"])))
-    kmap._next_id = max(k.id for k in kmap._frames) + 1
-    kmap.meta["origin"] = index.get("origin", {})
+    for kf_id, path, pose, cov, stamp, frame_index, points, keypoints in rows:
+        feats = _read_keyframe_arrays(path, dim, points, keypoints)
+        if dim is None:
+            dim = feats.descriptors.shape[1]  # every keyframe as the first one
+        kmap._frames.append(Keyframe(kf_id, pose, feats, cov, stamp, frame_index))
+    kmap._next_id = max(ids) + 1
+    kmap.meta["origin"] = origin
     return kmap

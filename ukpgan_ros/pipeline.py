@@ -21,8 +21,7 @@ from ukpgan_ros.device import free_cached_memory, resolve_device
 from ukpgan_ros.features import compute_descriptors
 from ukpgan_ros.maps import KeyframeMap, MapFormatError, load_map, save_map
 from ukpgan_ros.registration import FrameFeatures, RegistrationResult, register_features
-from ukpgan_ros.tracking import (FrameToFrame, KeyframePolicy, KeyframeTracker, MapLocalizer, RelocalizationPolicy,
-                                 Tracker, TrackState, TrackStep)
+from ukpgan_ros.tracking import Tracker, TrackState, TrackStep, make_tracker, map_meta
 
 __all__ = ["FrameResult", "KeypointPipeline", "EmptyCloudError", "register_clouds"]
 
@@ -43,6 +42,7 @@ class FrameResult:
     timings: dict[str, float] = field(default_factory=dict)
     voxel_size: float = 0.0  # of the working cloud [m] (the chosen one with working_points > 0)
     tracking: TrackStep | None = None  # state, covariance, motion, keyframe; None in mode none
+    is_map_pose: bool = False  # pose is map_from_sensor found on its own in a fixed map (reference mode)
 
     @property
     def total_time(self) -> float:
@@ -52,6 +52,16 @@ class FrameResult:
     def placed(self) -> bool:
         """Whether this frame got a pose (publish it) or not (tracking failed, mode none)."""
         return self.tracking is not None and self.tracking.placed
+
+    @property
+    def frame_transform(self) -> np.ndarray | None:
+        """What ``~/transform`` carries for this frame: with ``is_map_pose`` the pose itself
+        (map_from_sensor, parent frame odom_frame), else the motion since the last placed frame
+        (T_prev_from_curr, parent frame the sensor's own); None when the frame was not placed or
+        is the first one."""
+        if not self.placed:
+            return None
+        return self.pose if self.is_map_pose else self.tracking.motion
 
 
 class KeypointPipeline:
@@ -72,16 +82,20 @@ class KeypointPipeline:
     MIN_POINTS = 16
 
     def __init__(self, cfg: PipelineConfig, detector: Detector | None = None,
-                 reference_points: np.ndarray | None = None) -> None:
+                 reference_points: np.ndarray | None = None, *, tracking: bool = True) -> None:
+        """``tracking`` False builds no tracker and loads no reference, whatever the mode (one-shot
+        tools that only :meth:`describe` and :meth:`register`)."""
         self._cfg = cfg.validate()
         self.device = str(resolve_device(cfg.device))  # where SHOT descriptors run
         self._owns_detector = detector is None
         self.detector = detector if detector is not None else make_detector(cfg)
         self._voxel_chosen = cfg.working_points == 0
         self._reference: KeyframeMap | None = None
-        if cfg.registration == "reference":
+        self.tracker: Tracker | None = None
+        if tracking and cfg.registration == "reference":
             self._reference = self._load_reference(reference_points)
-        self.tracker: Tracker | None = self._make_tracker()
+        if tracking:
+            self.tracker = make_tracker(self._cfg, self._reference)
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -92,44 +106,17 @@ class KeypointPipeline:
     def cfg(self, cfg: PipelineConfig) -> None:
         """A changed configuration (live parameters) reaches the tracker's thresholds at once."""
         self._cfg = cfg
-        tracker = getattr(self, "tracker", None)
-        if isinstance(tracker, KeyframeTracker):
-            tracker.set_policies(self._keyframe_policy(), self._reloc_policy(), cfg.max_keyframes)
-        elif isinstance(tracker, MapLocalizer):
-            tracker.reloc = self._reloc_policy()
-        elif isinstance(tracker, FrameToFrame):
-            tracker.lost_after = cfg.lost_after
+        self._configure_tracker()
 
-    def _keyframe_policy(self) -> KeyframePolicy:
-        c = self._cfg
-        return KeyframePolicy(c.keyframe_min_fitness, c.keyframe_min_inliers, c.keyframe_max_distance,
-                              c.keyframe_max_angle)
-
-    def _reloc_policy(self) -> RelocalizationPolicy:
-        c = self._cfg
-        return RelocalizationPolicy(c.relocalization_candidates, c.relocalization_min_fitness, c.lost_after)
-
-    def _map_meta(self) -> dict:
-        c = self._cfg
-        return {"voxel_size": c.voxel_size, "descriptor": c.descriptor, "detector": c.detector,
-                "match_against": c.match_against, "frame_id": c.odom_frame}
+    def _configure_tracker(self) -> None:
+        if self.tracker is not None:  # None while __init__ loads the reference
+            self.tracker.configure(self._cfg)
 
     @property
-    def sigma_floor(self) -> float:
-        """Smallest residual [m] a covariance assumes: a tenth of a voxel (a perfect fit of
-        voxel means is still no better than the grid)."""
-        return 0.1 * self._cfg.voxel_size
-
-    def _make_tracker(self) -> Tracker | None:
-        cfg, d = self._cfg, self._cfg.match_distance
-        if cfg.registration == "consecutive":
-            return FrameToFrame(d, cfg.lost_after, self.sigma_floor)
-        if cfg.registration == "keyframe":
-            return KeyframeTracker(self._keyframe_policy(), self._reloc_policy(), d, cfg.max_keyframes,
-                                   self.sigma_floor, self._map_meta())
-        if cfg.registration == "reference":
-            return MapLocalizer(self._reference, self._reloc_policy(), d, self.sigma_floor)
-        return None
+    def needs_descriptors(self) -> bool:
+        """Whether :meth:`describe` computes descriptors by default: when there is a tracker to
+        match them (``registration: none`` only detects)."""
+        return self.tracker is not None
 
     def _load_reference(self, reference_points: np.ndarray | None) -> KeyframeMap:
         """``reference_cloud`` as a map: a saved map folder, or one cloud as a one-keyframe map
@@ -146,23 +133,16 @@ class KeypointPipeline:
         self._choose_voxel(reference_points, crop=False)
         # FPFH needs consistent normal signs: like a recorded frame or a 3DMatch fragment, the
         # reference is taken to be seen from the origin of its own frame.
-        feats = self.describe(reference_points, crop=False, dense=True)
-        kmap = KeyframeMap(max_keyframes=1, meta=self._map_meta())
+        feats = self.describe(reference_points, crop=False, dense=True, descriptors=True)
+        kmap = KeyframeMap(max_keyframes=1, meta=map_meta(self._cfg))  # at the voxel chosen from it
         kmap.add(np.eye(4), feats, keep_dense=cfg.match_against == "dense")
         return kmap
 
     def _adopt_map(self, kmap: KeyframeMap) -> None:
         """Check a loaded map against the configuration; its voxel wins with working_points > 0."""
-        cfg, meta = self._cfg, kmap.meta
-        where = cfg.reference_cloud
-        if meta.get("descriptor", cfg.descriptor) != cfg.descriptor:
-            raise MapFormatError(f"{where}: the map holds {meta['descriptor']} descriptors; set descriptor: "
-                                 f"{meta['descriptor']} to localise against it")
-        voxel = float(meta.get("voxel_size", cfg.voxel_size))
-        if abs(voxel - cfg.voxel_size) > 1e-9:
-            if cfg.working_points == 0:
-                raise MapFormatError(f"{where}: the map was built at {voxel} m voxels (descriptor radii follow the "
-                                     f"voxel); set voxel_size: {voxel}")
+        cfg = self._cfg
+        voxel = kmap.check_compatible(cfg.descriptor, cfg.voxel_size, cfg.working_points > 0, cfg.reference_cloud)
+        if voxel != cfg.voxel_size:
             self._set_voxel(voxel)
         self._voxel_chosen = True
 
@@ -184,25 +164,20 @@ class KeypointPipeline:
 
     def set_pose(self, pose: np.ndarray, covariance: np.ndarray | None = None) -> str:
         """Place the sensor in the odometry frame (see the tracker's ``set_pose``); ValueError
-        when the mode has no pose to set."""
-        pose = np.asarray(pose, np.float64)
-        if pose.shape != (4, 4) or not np.isfinite(pose).all():
-            raise ValueError(f"a pose is a finite 4x4 matrix, got shape {pose.shape}")
+        naming the field for a pose that is not rigid or beyond MAX_TRANSLATION_M, or a
+        covariance that is not symmetric, finite, non-negative and bounded (the tracker checks
+        them, :func:`ukpgan_ros.tracking.checked_pose`), and when the mode has no pose to set."""
         if self.tracker is None:
             raise ValueError("registration: none tracks no pose")
         return self.tracker.set_pose(pose, covariance)
 
     def save_map(self, folder: str | Path | None = None) -> tuple[Path, int]:
         """Write the keyframes (or the loaded reference map) to ``folder`` (default ``map_dir``);
-        returns (folder, keyframes). MapFormatError when there is nothing to save."""
-        kmap = self.tracker.map if self.tracker is not None else None
-        if kmap is None:
-            raise MapFormatError(f"registration: {self._cfg.registration} keeps no keyframes; "
-                                 "use registration: keyframe to build a map")
-        if len(kmap) == 0:
-            raise MapFormatError("no keyframes yet: process some frames first")
-        if isinstance(self.tracker, KeyframeTracker):
-            self.tracker.keyframe_last()
+        returns (folder, keyframes). MapFormatError when there is nothing to save or the folder
+        cannot take a map."""
+        if self.tracker is None:
+            raise MapFormatError("registration: none keeps no keyframes; use registration: keyframe to build a map")
+        kmap = self.tracker.map_for_saving()
         folder = Path(folder if folder is not None else self._cfg.map_dir)
         return save_map(kmap, folder), len(kmap)
 
@@ -229,9 +204,7 @@ class KeypointPipeline:
             old, self.detector = self.detector, make_detector(new)
             old.release()
         self._cfg = new
-        tracker = getattr(self, "tracker", None)
-        if tracker is not None:  # distances follow the voxel
-            tracker.distance, tracker.sigma_floor = new.match_distance, self.sigma_floor
+        self._configure_tracker()  # distances follow the voxel
 
     def release(self) -> None:
         """Drop the model, the frames and the reference (and the device's cached memory)."""
@@ -263,17 +236,19 @@ class KeypointPipeline:
         """Whether the detector computes the configured descriptors anyway (UKPGAN reads SHOT of
         every point at the descriptor's radius): then they are taken from its pass."""
         cfg = self.cfg
-        return (cfg.registration != "none" and cfg.descriptor == "shot"
+        return (cfg.descriptor == "shot"
                 and hasattr(self.detector, "detect_with_features")
                 and getattr(getattr(self.detector, "feature", None), "kind", None) == "shot"
                 and abs(getattr(self.detector, "feature_radius", -1.0) - radius) <= 1e-9 * max(radius, 1.0))
 
     def describe(self, points: np.ndarray, *, crop: bool = True, dense: bool = False,
-                 viewpoint=(0.0, 0.0, 0.0), timings: dict[str, float] | None = None) -> FrameFeatures:
+                 viewpoint=(0.0, 0.0, 0.0), timings: dict[str, float] | None = None,
+                 descriptors: bool | None = None) -> FrameFeatures:
         """One frame ready for matching: working cloud, keypoints and their descriptors.
 
-        ``dense`` also keeps descriptors of every working point (a matching target in
-        ``match_against: dense``). Raises EmptyCloudError when too few points survive.
+        ``descriptors`` (default :attr:`needs_descriptors`) False gives keypoints with empty
+        (K, 0) descriptors. ``dense`` also keeps descriptors of every working point (a matching
+        target in ``match_against: dense``). Raises EmptyCloudError when too few points survive.
         ``timings`` (if given) receives seconds for preprocess, detect and describe.
         """
         timings = {} if timings is None else timings
@@ -288,8 +263,9 @@ class KeypointPipeline:
                 f"{cfg.voxel_size} m voxels (of {cloud.raw_count} finite input points)")
         t0 = time.perf_counter()
         radius = self.descriptor_radius()
+        want = self.needs_descriptors if descriptors is None else descriptors
         shared = None
-        if self._shares_features(radius):
+        if want and self._shares_features(radius):
             # one SHOT pass feeds the detector and the descriptors: SHOT of every point is free
             kps, shared = self.detector.detect_with_features(cloud.points, cloud.normals, cfg.max_keypoints)
         else:
@@ -297,7 +273,7 @@ class KeypointPipeline:
         timings["detect"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         dense_desc = None
-        if cfg.registration == "none":
+        if not want:
             desc = np.zeros((len(kps), 0), np.float32)
         elif shared is not None:
             dense_desc = shared if cfg.match_against == "dense" and dense else None
@@ -329,8 +305,8 @@ class KeypointPipeline:
         """Process one cloud (N, 3) in the sensor frame (``stamp`` [s] and a sequence ``index``
         are kept with keyframes). Raises ValueError on unusable input; the state is then unchanged."""
         timings: dict[str, float] = {}
-        # Every registration mode matches against the live frame's dense descriptors.
-        feats = self.describe(points, dense=self._cfg.registration != "none", timings=timings)
+        # Every tracker matches against the live frame's dense descriptors.
+        feats = self.describe(points, dense=self.needs_descriptors, timings=timings)
         step = None
         if self.tracker is not None:
             reg_times: dict[str, float] = {}
@@ -348,7 +324,7 @@ class KeypointPipeline:
             timings.update(reg_times)
         return FrameResult(feats.keypoints, len(feats.cloud), feats.cloud.raw_count,
                            step.registration if step is not None else None, self.pose, timings,
-                           self._cfg.voxel_size, step)
+                           self._cfg.voxel_size, step, self.tracker is not None and self.tracker.map_poses)
 
 
 def register_clouds(source: np.ndarray, target: np.ndarray, cfg: PipelineConfig,
@@ -359,11 +335,11 @@ def register_clouds(source: np.ndarray, target: np.ndarray, cfg: PipelineConfig,
     frame, where the sensor was); keypoint descriptors of the source are matched against the
     target's keypoints or all its points, as ``cfg.match_against`` says.
     """
-    pipe = KeypointPipeline(PipelineConfig.from_mapping({**cfg.to_dict(), "registration": "consecutive"}), detector)
+    pipe = KeypointPipeline(cfg, detector, tracking=False)
     try:
         timings: dict[str, float] = {}
-        src = pipe.describe(source, timings=timings)
-        tgt = pipe.describe(target, dense=cfg.match_against == "dense")
+        src = pipe.describe(source, timings=timings, descriptors=True)
+        tgt = pipe.describe(target, dense=cfg.match_against == "dense", descriptors=True)
         return dataclasses.replace(pipe.register(src, tgt, timings), timings=timings)
     finally:
         if detector is None:

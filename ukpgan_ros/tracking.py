@@ -18,6 +18,11 @@ None, its covariance, the motion since the last placed frame, and what happened.
 - :class:`MapLocalizer` (``registration: reference``) places every frame on its own against a
   stored map (a saved keyframe map, or one reference cloud), with no tracking.
 
+Each tracker builds itself from the configuration (:func:`make_tracker`) and takes what it
+needs from a changed one (``configure``: thresholds, distances, the covariance's sigma floor
+from the voxel); a pose from outside (``set_pose``) must be rigid, within
+``MAX_TRANSLATION_M``, with a bounded covariance.
+
 Registration direction: a keyframe's keypoint descriptors are matched against the live frame's
 dense descriptors (``register(keyframe, frame)`` gives ``T_frame_from_keyframe``), so stored
 keyframes keep only keypoint descriptors. A keyframe that kept dense descriptors (a single
@@ -28,18 +33,24 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
-from typing import Callable, Protocol
+from typing import Callable, ClassVar, Protocol
 
 import numpy as np
 
-from ukpgan_ros.maps import Keyframe, KeyframeMap
-from ukpgan_ros.transforms import adjoint, rotation_angle_deg
+from ukpgan_ros.config import PipelineConfig
+from ukpgan_ros.maps import Keyframe, KeyframeMap, MapFormatError, moved_covariance
+from ukpgan_ros.transforms import MAX_TRANSLATION_M, check_covariance, check_rigid, rotation_angle_deg
 from ukpgan_ros.registration import FrameFeatures, RegistrationResult, registration_covariance
 
 __all__ = [
     "TrackState", "TrackStep", "KeyframePolicy", "RelocalizationPolicy", "Tracker", "FrameToFrame",
-    "KeyframeTracker", "MapLocalizer", "Register", "localize", "verified",
+    "KeyframeTracker", "MapLocalizer", "Register", "localize", "verified", "make_tracker", "map_meta",
+    "gives_map_poses", "checked_pose", "SIGMA_FLOOR_VOXELS", "TRACKERS",
 ]
+
+# Smallest residual a covariance assumes, in voxels: a perfect fit of voxel means is still no
+# better than the grid.
+SIGMA_FLOOR_VOXELS = 0.1
 
 Register = Callable[[FrameFeatures, FrameFeatures], RegistrationResult]
 
@@ -80,6 +91,10 @@ class KeyframePolicy:
     max_distance: float = 0.3  # moved farther than this from the keyframe [m]
     max_angle_deg: float = 15.0  # turned more than this [deg]
 
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig) -> "KeyframePolicy":
+        return cls(cfg.keyframe_min_fitness, cfg.keyframe_min_inliers, cfg.keyframe_max_distance, cfg.keyframe_max_angle)
+
     def reason(self, T_kf_from_frame: np.ndarray, reg: RegistrationResult) -> str:
         """Why the frame should be a keyframe ('' when it should not)."""
         dist = float(np.linalg.norm(T_kf_from_frame[:3, 3]))
@@ -103,13 +118,32 @@ class RelocalizationPolicy:
     min_fitness: float = 0.4  # overlap with the candidate keyframe a result needs
     lost_after: int = 3  # failures in a row before the state is LOST
 
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig) -> "RelocalizationPolicy":
+        return cls(cfg.relocalization_candidates, cfg.relocalization_min_fitness, cfg.lost_after)
+
+
+def map_meta(cfg: PipelineConfig) -> dict:
+    """What a map records of the configuration that made it (``save_map`` writes it; a stream
+    localising against the map is checked against it)."""
+    return {"voxel_size": cfg.voxel_size, "descriptor": cfg.descriptor, "detector": cfg.detector,
+            "match_against": cfg.match_against, "frame_id": cfg.odom_frame}
+
+
+def checked_pose(pose, covariance=None, what: str = "pose") -> tuple[np.ndarray, np.ndarray]:
+    """A pose from outside (an initial pose) and its covariance (zero when None), as float64
+    copies; ValueError naming ``what`` unless the pose is rigid with a translation within
+    MAX_TRANSLATION_M and the covariance symmetric, finite, with a non-negative bounded diagonal."""
+    T = check_rigid(pose, what, max_translation=MAX_TRANSLATION_M).copy()
+    C = np.zeros((6, 6)) if covariance is None else check_covariance(covariance, f"{what} covariance").copy()
+    return T, C
+
 
 def _covariance_of(reg: RegistrationResult, src: FrameFeatures, tgt: FrameFeatures, distance: float,
                    odom_from_tgt: np.ndarray, sigma_floor: float) -> np.ndarray:
     """The registration's covariance moved into the odometry frame."""
     C = registration_covariance(src.cloud, tgt.cloud, reg.T_tgt_from_src, distance, sigma_floor)
-    Ad = adjoint(odom_from_tgt)
-    return Ad @ C @ Ad.T
+    return moved_covariance(odom_from_tgt, C, "registration covariance")
 
 
 def _register_to(kf: Keyframe, frame: FrameFeatures, register: Register, distance: float,
@@ -171,6 +205,15 @@ class Tracker(Protocol):
     """What the pipeline drives: one step per described frame."""
 
     state: TrackState
+    # Whether a placed frame's pose is map_from_sensor, found on its own in a fixed map (each
+    # pose stands alone), rather than odom_from_sensor chained from the frames before it.
+    map_poses: ClassVar[bool]
+
+    def configure(self, cfg: PipelineConfig) -> None:
+        """Take thresholds and distances from ``cfg`` (a changed configuration, a new voxel)."""
+
+    def map_for_saving(self) -> KeyframeMap:
+        """The map ``save_map`` writes; MapFormatError when there is none (yet)."""
 
     def step(self, frame: FrameFeatures, register: Register, stamp: float | None = None,
              index: int | None = None) -> TrackStep: ...
@@ -198,9 +241,24 @@ class FrameToFrame:
     the held pose (there is nothing to relocalise against).
     """
 
+    map_poses: ClassVar[bool] = False
+
     def __init__(self, distance: float, lost_after: int = 3, sigma_floor: float = 0.0) -> None:
         self.distance, self.lost_after, self.sigma_floor = distance, lost_after, sigma_floor
         self.reset()
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig, reference_map: KeyframeMap | None = None) -> "FrameToFrame":
+        tracker = cls(cfg.match_distance)
+        tracker.configure(cfg)
+        return tracker
+
+    def configure(self, cfg: PipelineConfig) -> None:
+        self.distance, self.lost_after = cfg.match_distance, cfg.lost_after
+        self.sigma_floor = SIGMA_FLOOR_VOXELS * cfg.voxel_size
+
+    def map_for_saving(self) -> KeyframeMap:
+        raise MapFormatError("registration: consecutive keeps no keyframes; use registration: keyframe to build a map")
 
     def reset(self) -> None:
         self.state = TrackState.INITIALIZING
@@ -217,8 +275,8 @@ class FrameToFrame:
         return None
 
     def set_pose(self, pose: np.ndarray, covariance: np.ndarray | None = None) -> str:
-        self._pose = np.asarray(pose, np.float64).copy()
-        self._cov = np.zeros((6, 6)) if covariance is None else np.asarray(covariance, np.float64).copy()
+        """Place the sensor at ``pose`` (see :func:`checked_pose`); the next frame chains from it."""
+        self._pose, self._cov = checked_pose(pose, covariance)
         return "pose set; the next frame is chained from it"
 
     def step(self, frame: FrameFeatures, register: Register, stamp: float | None = None,
@@ -264,11 +322,36 @@ class KeyframeTracker:
     writes and ``registration: reference`` reads.
     """
 
+    map_poses: ClassVar[bool] = False
+
     def __init__(self, policy: KeyframePolicy, reloc: RelocalizationPolicy, distance: float,
                  max_keyframes: int = 200, sigma_floor: float = 0.0, meta: dict | None = None) -> None:
         self.policy, self.reloc, self.distance, self.sigma_floor = policy, reloc, distance, sigma_floor
         self._map = KeyframeMap(max_keyframes, policy.max_distance, policy.max_angle_deg, dict(meta or {}))
         self.reset()
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig, reference_map: KeyframeMap | None = None) -> "KeyframeTracker":
+        tracker = cls(KeyframePolicy.from_config(cfg), RelocalizationPolicy.from_config(cfg), cfg.match_distance,
+                      cfg.max_keyframes)
+        tracker.configure(cfg)
+        return tracker
+
+    def configure(self, cfg: PipelineConfig) -> None:
+        """Thresholds from the next frame on; the map records the configuration (its voxel,
+        once chosen, is the one its keyframes were described at)."""
+        self.policy, self.reloc = KeyframePolicy.from_config(cfg), RelocalizationPolicy.from_config(cfg)
+        self._map.max_keyframes, self._map.spacing_m, self._map.spacing_deg = (
+            cfg.max_keyframes, self.policy.max_distance, self.policy.max_angle_deg)
+        self.distance, self.sigma_floor = cfg.match_distance, SIGMA_FLOOR_VOXELS * cfg.voxel_size
+        self._map.meta.update(map_meta(cfg))
+
+    def map_for_saving(self) -> KeyframeMap:
+        """The keyframes, the last placed frame made one (a map ends where the sensor stopped)."""
+        if len(self._map) == 0:
+            raise MapFormatError("no keyframes yet: process some frames first")
+        self.keyframe_last()
+        return self._map
 
     def reset(self) -> None:
         """Forget the trajectory and every keyframe."""
@@ -302,18 +385,13 @@ class KeyframeTracker:
         self._last = replace(last, keyframe_id=kf.id)
         return kf
 
-    def set_policies(self, policy: KeyframePolicy, reloc: RelocalizationPolicy, max_keyframes: int) -> None:
-        """Apply changed thresholds (live parameters) from the next frame on."""
-        self.policy, self.reloc = policy, reloc
-        self._map.max_keyframes, self._map.spacing_m, self._map.spacing_deg = (
-            max_keyframes, policy.max_distance, policy.max_angle_deg)
-
     def set_pose(self, pose: np.ndarray, covariance: np.ndarray | None = None) -> str:
         """Place the sensor at ``pose`` (odom_from_sensor). While tracking, every keyframe moves
         with it (the map stays consistent with the sensor); otherwise the next frame becomes a
-        keyframe there, beside the stored ones."""
-        pose = np.asarray(pose, np.float64).copy()
-        cov = np.zeros((6, 6)) if covariance is None else np.asarray(covariance, np.float64).copy()
+        keyframe there, beside the stored ones. ValueError (nothing changed) for a pose or
+        covariance :func:`checked_pose` refuses, or one that would move a keyframe beyond what a
+        float holds."""
+        pose, cov = checked_pose(pose, covariance)
         if self.state is TrackState.TRACKING and self._last is not None:
             C = pose @ np.linalg.inv(self._last.pose)
             self._map.transform_all(C)
@@ -399,9 +477,26 @@ class MapLocalizer:
     """``registration: reference``: every frame placed on its own against a fixed map (no
     tracking, no guess); LOST after ``lost_after`` failures in a row, as a signal only."""
 
+    map_poses: ClassVar[bool] = True
+
     def __init__(self, kmap: KeyframeMap, reloc: RelocalizationPolicy, distance: float, sigma_floor: float = 0.0) -> None:
         self._map, self.reloc, self.distance, self.sigma_floor = kmap, reloc, distance, sigma_floor
         self.reset()
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig, reference_map: KeyframeMap | None = None) -> "MapLocalizer":
+        if reference_map is None:
+            raise ValueError("registration: reference needs a map to localise against")
+        tracker = cls(reference_map, RelocalizationPolicy.from_config(cfg), cfg.match_distance)
+        tracker.configure(cfg)
+        return tracker
+
+    def configure(self, cfg: PipelineConfig) -> None:
+        self.reloc, self.distance = RelocalizationPolicy.from_config(cfg), cfg.match_distance
+        self.sigma_floor = SIGMA_FLOOR_VOXELS * cfg.voxel_size
+
+    def map_for_saving(self) -> KeyframeMap:
+        return self._map
 
     def reset(self) -> None:
         """Forget the last pose; the map stays."""
@@ -419,6 +514,7 @@ class MapLocalizer:
         return self._map
 
     def set_pose(self, pose: np.ndarray, covariance: np.ndarray | None = None) -> str:
+        checked_pose(pose, covariance)
         raise ValueError("registration: reference places every frame against the map; there is no pose to set")
 
     def step(self, frame: FrameFeatures, register: Register, stamp: float | None = None,
@@ -434,3 +530,22 @@ class MapLocalizer:
         self._pose, self._last_pose, self._failures, self.state = pose.copy(), pose.copy(), 0, TrackState.TRACKING
         return TrackStep(self.state, pose.copy(), cov, motion, reg, kf.id, False, True, tried,
                          f"localized against keyframe {kf.id}")
+
+
+TRACKERS: dict[str, type] = {"consecutive": FrameToFrame, "keyframe": KeyframeTracker, "reference": MapLocalizer}
+
+
+def make_tracker(cfg: PipelineConfig, reference_map: KeyframeMap | None = None) -> Tracker | None:
+    """The tracker of ``cfg.registration`` (None for ``none``, which only detects), configured;
+    ``reference`` localises in ``reference_map``."""
+    if cfg.registration == "none":
+        return None
+    if cfg.registration not in TRACKERS:
+        raise ValueError(f"registration: {cfg.registration!r} is none of none, {', '.join(TRACKERS)}")
+    return TRACKERS[cfg.registration].from_config(cfg, reference_map)
+
+
+def gives_map_poses(mode: str) -> bool:
+    """Whether mode ``mode``'s poses are map_from_sensor, each found on its own in a fixed map
+    (not odom_from_sensor chained from the frames before), as its tracker's ``map_poses`` says."""
+    return bool(getattr(TRACKERS.get(mode), "map_poses", False))

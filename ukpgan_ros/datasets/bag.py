@@ -23,6 +23,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ukpgan_ros.datasets.base import DepthFrame, IndexedSequence
+from ukpgan_ros.datasets.mcap import BagError, check_mcap
+from ukpgan_ros.outputs import POINTCLOUD2, POSE_STAMPED, TOPICS
 from ukpgan_ros.pointcloud2 import (
     DEPTH_ENCODINGS,
     CloudFormatError,
@@ -34,21 +36,23 @@ from ukpgan_ros.pointcloud2 import (
 from ukpgan_ros.transforms import pose_to_matrix, stamp_ns
 
 __all__ = [
-    "BagReader", "BagSequence", "BagTopics", "open_bag", "choose_topics", "BAG_SUFFIXES",
+    "BagReader", "BagSequence", "BagTopics", "BagError", "open_bag", "choose_topics", "BAG_SUFFIXES",
     "POINTCLOUD2", "IMAGE", "CAMERA_INFO", "POSE_STAMPED",
 ]
 
 BAG_SUFFIXES = (".mcap", ".db3", ".bag")
-POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
 IMAGE = "sensor_msgs/msg/Image"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
-POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
 GROUND_TRUTH_SUFFIX = "ground_truth/pose"
-_OUTPUT_CLOUD_SUFFIX = "/keypoints"  # the node's (and `ukpgan bag`'s) output: never an input
+_OUTPUT_CLOUD_SUFFIX = TOPICS["keypoints"].topic[1:]  # "/keypoints": the node's (and `ukpgan bag`'s) output, never an input
 
 
 
 # ----------------------------------------------------------------------------- reading any bag
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 class BagReader:
@@ -61,9 +65,7 @@ class BagReader:
     """
 
     def __init__(self, path: str | Path) -> None:
-        from rosbags.highlevel import AnyReader, AnyReaderError
-        from rosbags.rosbag1 import ReaderError as Reader1Error
-        from rosbags.rosbag2 import ReaderError as Reader2Error
+        from rosbags.highlevel import AnyReader
         from rosbags.typesys import Stores, get_typestore
 
         p = Path(path).expanduser()
@@ -72,24 +74,26 @@ class BagReader:
         self.path = p
         self._any = None
         self._mcap = None
-        errors = (AnyReaderError, Reader1Error, Reader2Error, OSError, KeyError, ValueError, AssertionError)
         try:
             if p.is_dir() or p.suffix.lower() in (".bag", ".db3"):
                 target = p.parent if p.suffix.lower() == ".db3" and p.is_file() else p
                 if target.is_dir() and not (target / "metadata.yaml").is_file():
                     raise ValueError(f"{target}: a rosbag2 folder needs its metadata.yaml")
+                for f in sorted(target.glob("*.mcap")) if target.is_dir() else ():
+                    check_mcap(f)  # every chunk, before anything is trusted
                 self._any = AnyReader([target], default_typestore=get_typestore(Stores.ROS2_KILTED))
                 self._any.open()
                 self.is2, self.typestore, self.connections = self._any.is2, self._any.typestore, self._any.connections
             elif p.suffix.lower() == ".mcap":
+                check_mcap(p)
                 self._open_mcap(p)
             else:
                 raise ValueError(f"{p}: not a bag (expected a rosbag2 folder or a {', '.join(BAG_SUFFIXES)} file)")
-        except errors as exc:
+        except Exception as exc:  # noqa: BLE001 - any reader failure is a corrupt or foreign file
             self.close()
-            if isinstance(exc, ValueError) and str(exc).startswith(str(p)):
+            if isinstance(exc, BagError) or (isinstance(exc, ValueError) and str(exc).startswith(str(p))):
                 raise
-            raise ValueError(f"{p}: not a readable bag ({type(exc).__name__}: {exc})") from None
+            raise BagError(f"{p}: not a readable bag ({type(exc).__name__}: {_one_line(exc)})") from None
 
     def _open_mcap(self, p: Path) -> None:
         """A single MCAP file (ros2 profile), with the message definitions it embeds."""
@@ -116,13 +120,28 @@ class BagReader:
         self.connections = list(reader.connections)
 
     def messages(self, connections=(), start: int | None = None, stop: int | None = None) -> Iterator[tuple]:
-        """(connection, log time [ns], raw bytes) in log-time order; all connections when none given."""
-        if self._any is not None:
-            return self._any.messages(connections=list(connections), start=start, stop=stop)
-        assert self._mcap is not None
-        return self._mcap.messages(list(connections) or self.connections, start, stop)
+        """(connection, log time [ns], raw bytes) in log-time order; all connections when none given.
+        A read error on the way (corrupt data the open-time check could not see) is a BagError."""
+        try:
+            if self._any is not None:
+                yield from self._any.messages(connections=list(connections), start=start, stop=stop)
+                return
+            if self._mcap is None:
+                raise BagError(f"{self.path}: the bag is closed")
+            yield from self._mcap.messages(list(connections) or self.connections, start, stop)
+        except BagError:
+            raise
+        except Exception as e:  # noqa: BLE001 - rosbags, sqlite, zstd and lz4 raise their own types
+            raise BagError(f"{self.path}: unreadable message data ({type(e).__name__}: {_one_line(e)})") from None
 
     def deserialize(self, raw: bytes, msgtype: str) -> Any:
+        try:
+            return self._deserialize(raw, msgtype)
+        except Exception as e:  # noqa: BLE001 - a message that does not parse as its type
+            raise BagError(f"{self.path}: a {msgtype} message does not deserialize "
+                           f"({type(e).__name__}: {_one_line(e)})") from None
+
+    def _deserialize(self, raw: bytes, msgtype: str) -> Any:
         if self._any is not None:
             return self._any.deserialize(raw, msgtype)
         return self.typestore.deserialize_cdr(raw, msgtype)

@@ -15,7 +15,6 @@ jump is from the true one.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import threading
@@ -32,6 +31,7 @@ from sensor_msgs.msg import PointCloud2
 
 from ukpgan_ros.config import PipelineConfig
 from ukpgan_ros.transforms import rotation_error_deg, translation_error
+from ukpgan_ros.tracking import gives_map_poses
 from ukpgan_ros.ros.detector_node import UkpganDetectorNode
 from ukpgan_ros.ros.messages import pose_stamped_to_matrix, stamp_to_seconds, transform_stamped_to_matrix
 from ukpgan_ros.ros.player_node import DepthPlayerNode
@@ -201,7 +201,7 @@ def _status(before: dict, after: dict, placed: bool, reference: bool) -> str:
 def _play(args, cfg, seq, indices, skipped, player, det, inbox, out: Path) -> tuple[int, dict]:
     rows, est_positions, gt_positions = [], [], []
     first_gt = prev_gt = None
-    reference = cfg.registration == "reference"
+    reference = gives_map_poses(cfg.registration)  # each pose on its own in a map, not a chain
     origin_gt = _map_origin(cfg, seq) if reference else None
     last_placed = None  # (index, gt, estimated pose) of the last frame that got a pose
     before_jump = None  # last_placed when the jump happened
@@ -317,6 +317,7 @@ def _summarise(args, cfg, published, rows, det, inbox, est, gt, first_gt, last_g
     pairs = [r for r in rows if "gt_rot_deg" in r]
     stats = det.diagnostics_snapshot()
     placed = [r for r in rows[1:] if r["status"] in _PLACED]
+    reference = gives_map_poses(cfg.registration)
     summary = {"mode": cfg.registration, "processed": stats["processed"], "errors": stats["errors"],
                "pairs": max(0, len(rows) - 1), "placed": len(placed)}
     print(f"\nsummary ({cfg.registration})")
@@ -327,7 +328,7 @@ def _summarise(args, cfg, published, rows, det, inbox, est, gt, first_gt, last_g
     lat = [r["latency_ms"] for r in rows]
     if lat:
         print(f"  latency publish->keypoints: median {np.median(lat):.0f} ms, max {np.max(lat):.0f} ms")
-    if cfg.registration == "reference":
+    if reference:
         placed_all = [r for r in rows if r["status"] in _PLACED]
         summary.update(placed=len(placed_all), pairs=len(rows))
         print(f"  localised {len(placed_all)} of {len(rows)} frames ({100 * len(placed_all) / max(len(rows), 1):.0f} %), "
@@ -343,12 +344,12 @@ def _summarise(args, cfg, published, rows, det, inbox, est, gt, first_gt, last_g
               f"({100 * len(placed) / len(pairs):.0f} %)")
         print(f"  ground-truth motion between published frames: median {np.median([r['gt_rot_deg'] for r in pairs]):.2f} deg, "
               f"{100 * np.median([r['gt_trans_m'] for r in pairs]):.1f} cm")
-    if scored and cfg.registration != "reference":
+    if scored and not reference:
         print(f"  registration error: median rotation {np.median([r['re_deg'] for r in scored]):.3f} deg, "
               f"median translation {100 * np.median([r['te_m'] for r in scored]):.2f} cm "
               f"(max {np.max([r['re_deg'] for r in scored]):.2f} deg, {100 * np.max([r['te_m'] for r in scored]):.2f} cm)")
     final_pose = max(inbox.poses.items())[1] if inbox.poses else None
-    if cfg.registration != "reference" and final_pose is not None and first_gt is not None and last_gt is not None:
+    if not reference and final_pose is not None and first_gt is not None and last_gt is not None:
         gt_final = np.linalg.inv(first_gt) @ last_gt
         path = float(np.sum(np.linalg.norm(np.diff(gt, axis=0), axis=1))) if len(gt) > 1 else 0.0
         drift = translation_error(final_pose, gt_final)
@@ -356,15 +357,9 @@ def _summarise(args, cfg, published, rows, det, inbox, est, gt, first_gt, last_g
         print(f"  final drift of the accumulated pose: {100 * drift:.1f} cm over {path:.2f} m travelled "
               f"({100 * drift / max(path, 1e-9):.1f} %, {100 * drift / max(path, 1e-9):.2f} cm/m), rotation {drift_deg:.2f} deg")
         summary.update(drift_m=drift, path_m=path, drift_deg=drift_deg)
-    with open(out / "frames.csv", "w", newline="") as fh:
-        keys = sorted({k for r in rows for k in r})
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    if len(est) and cfg.registration != "reference":
-        from ukpgan_ros.plots import plot_trajectory
+    from ukpgan_ros.trajectory_report import write_trajectory_report
 
-        plot_trajectory(est, gt if len(gt) else None, out / "trajectory.png",
-                        title=f"{cfg.registration}: {cfg.detector} + {cfg.descriptor}, voxel {cfg.voxel_size} m")
-        print(f"  trajectory plot: {out / 'trajectory.png'}, per-frame table: {out / 'frames.csv'}")
+    where = write_trajectory_report(out, rows, None if reference else est, gt,
+                                    title=f"{cfg.registration}: {cfg.detector} + {cfg.descriptor}, voxel {cfg.voxel_size} m")
+    print(f"  {where}")
     return summary

@@ -15,25 +15,21 @@ import functools
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
-from nav_msgs.msg import Odometry
+from geometry_msgs.msg import PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile
-from sensor_msgs.msg import PointCloud2
 from std_srvs.srv import Trigger
-from visualization_msgs.msg import MarkerArray
 
 from ukpgan_ros.config import PipelineConfig, StreamConfig
-from ukpgan_ros.ros.cloud_msgs import xyz_to_pointcloud2
 from ukpgan_ros.ros.diagnostics import FrameStats, diagnostic_array
 from ukpgan_ros.ros.inputs import InputAdapter, make_input
-from ukpgan_ros.ros.messages import keypoint_markers, matrix_to_pose_stamped, matrix_to_transform_stamped, odometry_msg
 from ukpgan_ros.ros.parameters import check_update, declare_parameters, read_configs
 from ukpgan_ros.ros.requests import (answer_reset, answer_save_map, guarded_service, parameters_job, parse_initialpose,
                                      reset_job, set_pose_job)
 from ukpgan_ros.ros.worker import FrameWorker
+from ukpgan_ros.transforms import stamp_ns
 
 __all__ = ["UkpganDetectorNode", "main"]
 
@@ -85,13 +81,12 @@ class UkpganDetectorNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {type(e).__name__}: {e}")
             return TransitionCallbackReturn.FAILURE
         self._stream, self._pipeline = stream, pipeline
-        self._pubs = {
-            "keypoints": self.create_lifecycle_publisher(PointCloud2, "~/keypoints", 5),
-            "markers": self.create_lifecycle_publisher(MarkerArray, "~/markers", 5),
-            "transform": self.create_lifecycle_publisher(TransformStamped, "~/transform", 10),
-            "pose": self.create_lifecycle_publisher(PoseStamped, "~/pose", 10),
-            "odometry": self.create_lifecycle_publisher(Odometry, "~/odometry", 10),
-        }
+        from ukpgan_ros.outputs import OUTPUT_TOPICS
+        from ukpgan_ros.ros.render import message_class
+
+        # the node's own output topics (/tf is made by _create_tf_publisher)
+        self._pubs = {o.key: self.create_lifecycle_publisher(message_class(o.msgtype), o.topic, o.depth)
+                      for o in OUTPUT_TOPICS if o.private}
         self._track_services = [
             self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._service_group),
             self.create_service(Trigger, "~/save_map", self._on_save_map, callback_group=self._service_group)]
@@ -226,31 +221,14 @@ class UkpganDetectorNode(LifecycleNode):
 
     # ------------------------------------------------------------------ outputs
     def _publish(self, result, header, cfg: PipelineConfig) -> None:
-        kps = result.keypoints
-        self._pubs["keypoints"].publish(xyz_to_pointcloud2(kps.xyz, header, {"saliency": kps.scores}))
-        self._pubs["markers"].publish(keypoint_markers(kps, header, scale=max(0.02, 0.6 * cfg.voxel_size)))
-        step = result.tracking
-        if step is None or not step.placed:
-            return  # a frame without a pose publishes no transform, pose, odometry or TF
-        sensor = header.frame_id
-        # ~/transform: the motion since the last placed frame (odometry modes), or map_from_sensor
-        T = result.pose if cfg.registration == "reference" else step.motion
-        if T is not None:
-            tf_msg = matrix_to_transform_stamped(T, header, sensor)
-            if cfg.registration == "reference":
-                tf_msg.header.frame_id = cfg.odom_frame
-            self._pubs["transform"].publish(tf_msg)
-        pose = matrix_to_pose_stamped(result.pose, header)
-        pose.header.frame_id = cfg.odom_frame
-        self._pubs["pose"].publish(pose)
-        self._pubs["odometry"].publish(odometry_msg(result.pose, step.covariance, header, cfg.odom_frame, sensor))
-        tf_pub = self._tf
-        if tf_pub is not None and cfg.publish_tf and sensor and sensor != cfg.odom_frame:
-            odom_tf = matrix_to_transform_stamped(result.pose, header, sensor)
-            odom_tf.header.frame_id = cfg.odom_frame
-            from tf2_msgs.msg import TFMessage  # importable: the publisher exists
+        """What the frame publishes is decided in ukpgan_ros.outputs (the rules live there)."""
+        from ukpgan_ros.outputs import OutputSettings, frame_outputs
+        from ukpgan_ros.ros.render import render
 
-            tf_pub.publish(TFMessage(transforms=[odom_tf]))
+        for out in frame_outputs(result, stamp_ns(header.stamp), header.frame_id, OutputSettings.from_config(cfg)):
+            pub = self._tf if out.key == "tf" else self._pubs.get(out.key)
+            if pub is not None:  # /tf is None without tf2_msgs
+                pub.publish(render(out))
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:

@@ -17,6 +17,7 @@ from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ukpgan_ros.detectors.base import Keypoints
+from ukpgan_ros.outputs import UNKNOWN_TWIST_VARIANCE
 from ukpgan_ros.plots import saliency_colors
 from ukpgan_ros.transforms import matrix_to_quaternion, pose_to_matrix, seconds_to_sec_nsec, stamp_seconds
 
@@ -121,24 +122,24 @@ def pose_stamped_to_matrix(msg: PoseStamped) -> np.ndarray:
     return pose_to_matrix(msg.pose)
 
 
-UNKNOWN_TWIST_VARIANCE = 1e6  # the odometry's twist is not estimated: consumers should not fuse it
-
-
-def odometry_msg(T: np.ndarray, covariance: np.ndarray, header: Header, frame_id: str, child_frame_id: str) -> Odometry:
+def odometry_msg(T: np.ndarray, covariance: np.ndarray, header: Header, frame_id: str, child_frame_id: str,
+                 twist_covariance: np.ndarray | None = None) -> Odometry:
     """An Odometry placing ``child_frame_id`` at ``T`` in ``frame_id`` with the 6x6 pose
-    ``covariance`` (x, y, z, rx, ry, rz in ``frame_id``). The twist is not estimated: zero, with
-    variance UNKNOWN_TWIST_VARIANCE on the diagonal."""
+    ``covariance`` (x, y, z, rx, ry, rz in ``frame_id``) as given, and a zero twist with
+    ``twist_covariance`` (default: unknown, UNKNOWN_TWIST_VARIANCE on the diagonal). Which
+    covariance a frame publishes is decided in :mod:`ukpgan_ros.outputs`."""
     t, q = matrix_to_quaternion(T)
     cov = np.asarray(covariance, np.float64)
     if cov.shape != (6, 6) or not np.isfinite(cov).all():
         raise ValueError(f"expected a finite 6x6 covariance, got shape {cov.shape}")
+    twist = np.eye(6) * UNKNOWN_TWIST_VARIANCE if twist_covariance is None else np.asarray(twist_covariance, np.float64)
     msg = Odometry(header=_copy_header(header), child_frame_id=child_frame_id)
     msg.header.frame_id = frame_id
     p = msg.pose.pose
     p.position.x, p.position.y, p.position.z = map(float, t)
     p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = map(float, q)
-    msg.pose.covariance = [float(v) for v in (0.5 * (cov + cov.T)).ravel()]
-    msg.twist.covariance = [float(v) for v in (np.eye(6) * UNKNOWN_TWIST_VARIANCE).ravel()]
+    msg.pose.covariance = [float(v) for v in cov.ravel()]
+    msg.twist.covariance = [float(v) for v in twist.ravel()]
     return msg
 
 
