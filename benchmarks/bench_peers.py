@@ -550,8 +550,8 @@ def main(argv: list[str] | None = None) -> None:
     for dist, pin in PINNED.items():
         if versions[dist] and versions[dist] != pin:
             print(f"note: {dist} {versions[dist]} is installed, the bench extra pins {pin}")
-    if args.data == "synthetic":
-        seq = _open_sequence("synthetic", num_frames=args.start + args.frames)
+    if args.data in ("synthetic", "synthetic_lidar"):
+        seq = _open_sequence(args.data, num_frames=args.start + args.frames)
     else:
         seq = _open_sequence(args.data)
     t0 = time.perf_counter()

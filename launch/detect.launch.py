@@ -36,7 +36,8 @@ SENSOR_ARGS = {
     "play": ("none", "none; synthetic or synthetic_lidar (built-in scenes); a 7-Scenes/TUM/KITTI or scan folder; "
                      "or a bag (.mcap/.db3 file, rosbag2 folder, ROS 1 .bag) to replay into input_topic"),
     "rate": ("0.0", "player rate in Hz (0: the sequence's rate)"),
-    "frame_id": ("", "the player's sensor frame; empty: camera_depth_optical_frame, prefixed with the namespace"),
+    "frame_id": ("", "the player's sensor frame; empty: the sequence's own (camera_depth_optical_frame for the "
+                      "built-in camera), or ns/camera_depth_optical_frame in a namespace"),
     "odom_frame": ("", "the detector's odometry frame; empty: the params_file value, or ns/odom in a namespace"),
 }
 DEFAULT_FRAME_ID = "camera_depth_optical_frame"
@@ -109,12 +110,13 @@ def read_sensors_file(path, defaults):
 
 
 def sensor_frames(namespace, frame_id, odom_frame):
-    """(player frame_id, detector odom_frame or None to keep the params file's): in a namespace
-    ``ns`` the defaults are ``ns/camera_depth_optical_frame`` and ``ns/odom``."""
+    """(player frame_id, detector odom_frame); None keeps the player's own (the sequence's frame,
+    e.g. a bag's or KITTI's 'velodyne', else camera_depth_optical_frame) or the params file's
+    odom_frame. In a namespace ``ns`` the defaults are ``ns/camera_depth_optical_frame`` and
+    ``ns/odom``."""
     ns = namespace.strip("/")
-    prefix = f"{ns}/" if ns else ""
-    frame = frame_id or f"{prefix}{DEFAULT_FRAME_ID}"
-    odom = odom_frame or (f"{prefix}odom" if ns else None)
+    frame = frame_id or (f"{ns}/{DEFAULT_FRAME_ID}" if ns else None)
+    odom = odom_frame or (f"{ns}/odom" if ns else None)
     return frame, odom
 
 
@@ -147,8 +149,9 @@ def sensor_actions(sensor, autostart=True, shm_profile=""):
         actions.append(EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(detector),
                                                    transition_id=Transition.TRANSITION_CONFIGURE)))
     if sensor["play"] not in ("", "none"):
-        player_params = {"source": sensor["play"], "rate": float(sensor["rate"] or 0.0), "loop": True,
-                         "frame_id": frame_id}
+        player_params = {"source": sensor["play"], "rate": float(sensor["rate"] or 0.0), "loop": True}
+        if frame_id is not None:
+            player_params["frame_id"] = frame_id
         if odom_frame is not None:
             player_params["odom_frame"] = odom_frame
         actions.append(Node(

@@ -124,7 +124,7 @@ def test_autostart_activates_once_and_only_after_a_successful_configure(monkeypa
 def test_frames_follow_the_namespace_and_explicit_values_win(monkeypatch):
     pytest.importorskip("lifecycle_msgs")
     module, _ = _load_with_recorders(monkeypatch)
-    assert module.sensor_frames("", "", "") == ("camera_depth_optical_frame", None)  # the params file's odom_frame
+    assert module.sensor_frames("", "", "") == (None, None)  # the sequence's frame, the params file's odom_frame
     assert module.sensor_frames("/cam1", "", "") == ("cam1/camera_depth_optical_frame", "cam1/odom")
     assert module.sensor_frames("cam1", "lidar", "world_odom") == ("lidar", "world_odom")
     acts = module.sensor_actions(_sensor(namespace="cam1", play="synthetic", input_topic="/cam1/points"))

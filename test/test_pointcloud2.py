@@ -64,6 +64,8 @@ def reference_read(msg, names, skip_nonfinite_xyz=False):
                 values[n] = v if f.count > 1 else v[0]
             if skip_nonfinite_xyz and not all(math.isfinite(values[a]) for a in "xyz"):
                 continue
+            if skip_nonfinite_xyz and all(values[a] == 0 for a in "xyz"):
+                continue  # a return at the origin (zero range) is no point
             for n in names:
                 out[n].append(values[n])
     return out

@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("demo", help="run the node and a player on a depth stream and score it")
-    p.add_argument("--data", default="synthetic", help="'synthetic' (default) or a 7-Scenes/TUM folder")
+    p.add_argument("--data", default="synthetic", help="'synthetic' (default), 'synthetic_lidar', a 7-Scenes/TUM, KITTI "
+                                                            "or PCD/PLY scan folder, or a bag")
     p.add_argument("--frames", type=int, default=0, help="frames of the sequence to cover (0: all)")
     p.add_argument("--start", type=int, default=0, help="first frame covered")
     p.add_argument("--stride", type=int, default=1, help="publish every k-th frame")
@@ -215,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("map", help="track a sequence with keyframes and save them as a map folder")
-    p.add_argument("--data", default="synthetic", help="'synthetic' or a 7-Scenes/TUM folder")
+    p.add_argument("--data", default="synthetic", help="'synthetic', 'synthetic_lidar', a 7-Scenes/TUM, KITTI or PCD/PLY "
+                                                            "scan folder, or a bag")
     p.add_argument("--start", type=int, default=0, help="first frame")
     p.add_argument("--frames", type=int, default=0, help="frames to cover from --start (0: to the end)")
     p.add_argument("--stride", type=int, default=1, help="use every k-th frame")

@@ -18,11 +18,15 @@ from typing import Any
 import numpy as np
 
 from ukpgan_ros.depth import depth_to_metres, depth_to_points
+from ukpgan_ros.transforms import stamp_seconds
 
 __all__ = [
     "CloudFormatError",
     "pointcloud2_to_xyz",
     "pointcloud2_fields",
+    "pointcloud2_point_times",
+    "normalize_point_times",
+    "TIME_FIELDS",
     "depth_image_to_metres",
     "camera_info_to_K",
     "depth_msgs_to_points",
@@ -175,18 +179,23 @@ def _layout(msg: Any, names: Sequence[str]) -> _Layout:
     return _Layout(buf, height, width, point_step, row_step, _byte_order(msg), fields)
 
 
-def _finite_rows(xyz: np.ndarray) -> np.ndarray:
-    """Rows whose three coordinates are finite (column by column: ``.all(axis=1)`` is ~50x slower)."""
-    return np.isfinite(xyz[:, 0]) & np.isfinite(xyz[:, 1]) & np.isfinite(xyz[:, 2])
+def _valid_rows(xyz: np.ndarray) -> np.ndarray:
+    """Rows that are a return: three finite coordinates, not all zero (LiDAR drivers such as Ouster's
+    mark "no return" with the origin, organized clouds with NaN). Column by column: ``.all(axis=1)``
+    is ~50x slower."""
+    x, y, z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    return np.isfinite(x) & np.isfinite(y) & np.isfinite(z) & ((x != 0) | (y != 0) | (z != 0))
 
 
 def pointcloud2_to_xyz(msg: Any, *, skip_nonfinite: bool = True) -> np.ndarray:
     """x, y, z of a PointCloud2 as (N, 3) float32, organized clouds flattened row-major.
 
     x/y/z may be FLOAT32 or FLOAT64, in either byte order, inside any padded layout. With
-    ``skip_nonfinite`` points with a NaN/inf coordinate (holes of organized clouds) are dropped;
-    without it N == height * width, aligned with :func:`pointcloud2_fields`. An empty cloud gives
-    a (0, 3) array: whether that is an error is the caller's decision.
+    ``skip_nonfinite`` what is no return is dropped: points with a NaN/inf coordinate (holes of
+    organized clouds) and points at the origin (zero range: how Ouster and other LiDAR drivers
+    mark a beam without echo); without it N == height * width, aligned with
+    :func:`pointcloud2_fields`. An empty cloud gives a (0, 3) array: whether that is an error is
+    the caller's decision.
     """
     if _as_int(msg, "height") * _as_int(msg, "width") == 0:
         return np.zeros((0, 3), dtype=np.float32)
@@ -206,8 +215,10 @@ def pointcloud2_to_xyz(msg: Any, *, skip_nonfinite: bool = True) -> np.ndarray:
         xyz = np.empty((flat.shape[0], 3), dtype=np.float32)
         for i, n in enumerate(_XYZ):
             xyz[:, i] = flat[n]  # converts byte order and float64 -> float32
-    if skip_nonfinite and not np.isfinite(xyz).all():  # dense clouds: one fast pass, no copy
-        xyz = xyz[_finite_rows(xyz)]
+    if skip_nonfinite:
+        valid = _valid_rows(xyz)
+        if not valid.all():  # dense clouds: one fast pass, no copy
+            xyz = xyz[valid]
     return xyz
 
 
@@ -217,7 +228,8 @@ def pointcloud2_fields(msg: Any, names: Sequence[str], *, skip_nonfinite: bool =
     Each array is (N,) — or (N, count) for fields with count > 1 — in the field's own type
     (``rgb`` packed as FLOAT32 comes back float32; ``.view(np.uint32)`` unpacks it). Rows are in
     the order of ``pointcloud2_to_xyz(msg, skip_nonfinite=False)``; ``skip_nonfinite=True`` drops
-    the same rows the default ``pointcloud2_to_xyz`` drops, so the two stay aligned.
+    the same rows the default ``pointcloud2_to_xyz`` drops (non-finite or at the origin), so the
+    two stay aligned.
     """
     if isinstance(names, str) or not all(isinstance(n, str) for n in names):
         raise CloudFormatError("names must be a sequence of field names, e.g. ['saliency']")
@@ -225,10 +237,72 @@ def pointcloud2_fields(msg: Any, names: Sequence[str], *, skip_nonfinite: bool =
     flat = _layout(msg, names).view(names).reshape(-1)
     out = {n: flat[n].astype(flat.dtype[n].base.newbyteorder("="), copy=True) for n in names}
     if skip_nonfinite and flat.size:
-        finite = _finite_rows(pointcloud2_to_xyz(msg, skip_nonfinite=False))
-        if not finite.all():
-            out = {n: a[finite] for n, a in out.items()}
+        valid = _valid_rows(pointcloud2_to_xyz(msg, skip_nonfinite=False))
+        if not valid.all():
+            out = {n: a[valid] for n, a in out.items()}
     return out
+
+
+# Per-point time fields of LiDAR drivers, in the order they are preferred: offsets from the scan
+# stamp (Ouster ``t``, uint32 ns; Velodyne ``time``, float32 s) before absolute ones (Hesai,
+# Robosense ``timestamp``, float64 s). KISS-ICP accepts the same three names.
+TIME_FIELDS = ("t", "time", "timestamp")
+_ABSOLUTE_SECONDS = 1e6  # a time beyond ~11.6 days is an absolute (epoch) time, not an offset in a sweep
+_ABSOLUTE_NANOSECONDS = 1e15
+
+
+def normalize_point_times(times: np.ndarray) -> np.ndarray:
+    """Times mapped to [0, 1] by their minimum and maximum, as KISS-ICP normalises them (float64);
+    all zeros when they do not spread (one firing, or no time information)."""
+    t = np.asarray(times, dtype=np.float64)
+    if t.size == 0:
+        return t.copy()
+    lo, hi = float(t.min()), float(t.max())
+    if not hi > lo:
+        return np.zeros_like(t)
+    return (t - lo) / (hi - lo)
+
+
+def pointcloud2_point_times(
+    msg: Any, *, skip_nonfinite: bool = True, stamp: float | None = None, normalize: bool = False
+) -> np.ndarray | None:
+    """Per-point time of a LiDAR cloud in seconds relative to its scan stamp (float64), or None
+    when the cloud has no ``t``, ``time`` or ``timestamp`` field (see TIME_FIELDS).
+
+    Integer fields are nanoseconds (Ouster ``t``), float fields seconds (Velodyne ``time``).
+    Absolute times (beyond 1e6 s, or 1e15 for nanoseconds: Hesai/Robosense ``timestamp``) are
+    made relative to ``stamp`` [s], by default ``msg.header.stamp``; without any stamp, to their
+    earliest point. ``normalize=True`` maps them to [0, 1] as KISS-ICP does
+    (:func:`normalize_point_times`), the form :func:`ukpgan_ros.deskew.deskew` takes without
+    ``dt``. Rows are aligned with ``pointcloud2_to_xyz(msg, skip_nonfinite=skip_nonfinite)``.
+    """
+    if _as_int(msg, "height") * _as_int(msg, "width") == 0:
+        fields = {getattr(f, "name", None) for f in getattr(msg, "fields", None) or ()}
+        return np.zeros(0, np.float64) if any(n in fields for n in TIME_FIELDS) else None
+    lay = _layout(msg, ())
+    name = next((n for n in TIME_FIELDS if n in lay.fields), None)
+    if name is None:
+        return None
+    _, datatype, count = lay.fields[name]
+    if count != 1:
+        raise CloudFormatError(f"time field {name!r} must hold one value per point, got count {count}")
+    raw = lay.view([name]).reshape(-1)[name]
+    integer = np.dtype(_POINTFIELD_DTYPES[datatype]).kind in "iu"
+    t = raw.astype(np.float64) * (1e-9 if integer else 1.0)
+    if skip_nonfinite:
+        t = t[_valid_rows(pointcloud2_to_xyz(msg, skip_nonfinite=False))]
+    if t.size and not np.isfinite(t).all():
+        raise CloudFormatError(f"time field {name!r} holds NaN or inf")
+    if t.size and not integer and float(np.abs(t).max()) > _ABSOLUTE_NANOSECONDS:
+        t = t * 1e-9  # float nanoseconds since the epoch
+    if t.size and float(np.abs(t).max()) > _ABSOLUTE_SECONDS:
+        if stamp is None:
+            header_stamp = getattr(getattr(msg, "header", None), "stamp", None)
+            if hasattr(header_stamp, "sec") and hasattr(header_stamp, "nanosec"):
+                stamp = stamp_seconds(header_stamp)
+        ref = float(stamp) if stamp is not None and stamp > 0 else float(t.min())
+        t = t - ref
+    return normalize_point_times(t) if normalize else t
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,7 +43,9 @@ def frame_pairs(num_frames: int, gaps: list[int], stride: int, max_pairs: int | 
 
 def sequence_name(spec: str) -> str:
     """'synthetic', or a folder's name up to its first dash ('7scenes-redkitchen' -> '7scenes')."""
-    return "synthetic" if spec == "synthetic" else Path(spec).resolve().name.split("-")[0]
+    from ukpgan_ros.datasets import is_synthetic
+
+    return spec if is_synthetic(spec) else Path(spec).resolve().name.split("-")[0]
 
 
 def sequence_pairs(spec: str, gaps: list[int], stride: int, max_pairs: int | None,

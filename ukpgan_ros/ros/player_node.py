@@ -31,14 +31,16 @@ class DepthPlayerNode(Node):
     def __init__(self, node_name: str = "depth_player", sequence: Any = None, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         p = self.declare_parameter
-        p("source", "synthetic", ParameterDescriptor(description="'synthetic', a 7-Scenes/TUM folder or a bag"))
+        p("source", "synthetic", ParameterDescriptor(description="'synthetic' or 'synthetic_lidar' (built in), a 7-Scenes/TUM, "
+                                                             "KITTI or PCD/PLY scan folder, or a bag"))
         p("output", "cloud", ParameterDescriptor(description="cloud, depth or both"))
         p("rate", 0.0, ParameterDescriptor(description="frames per second; 0 uses the sequence's rate / stride"))
         p("stride", 1, ParameterDescriptor(description="publish every k-th frame"))
         p("start", 0, ParameterDescriptor(description="first frame index"))
         p("max_frames", 0, ParameterDescriptor(description="stop after this many frames (0: all)"))
         p("loop", False, ParameterDescriptor(description="start over at the end"))
-        p("frame_id", "camera_depth_optical_frame", ParameterDescriptor(description="sensor frame of the output"))
+        p("frame_id", "", ParameterDescriptor(description="sensor frame of the output; empty: the sequence's own "
+                                                   "(a bag's, 'velodyne' for KITTI) or camera_depth_optical_frame"))
         p("odom_frame", "odom", ParameterDescriptor(description="frame of ground_truth/pose"))
         p("pixel_stride", 1, ParameterDescriptor(description="cloud output: every k-th pixel row/column"))
         p("autostart", True, ParameterDescriptor(description="start publishing on a timer at once"))
@@ -47,12 +49,13 @@ class DepthPlayerNode(Node):
         if self.output not in ("cloud", "depth", "both"):
             raise ValueError(f"output must be cloud, depth or both, got {self.output!r}")
         self.stride, self.start = max(1, int(g("stride"))), max(0, int(g("start")))
-        self.frame_id, self.odom_frame = g("frame_id"), g("odom_frame")
+        self.odom_frame = g("odom_frame")
         self.pixel_stride, self.loop = max(1, int(g("pixel_stride"))), bool(g("loop"))
         if sequence is None:
             from ukpgan_ros.datasets import open_sequence
 
             sequence = open_sequence(g("source"))
+        self.frame_id = g("frame_id") or getattr(sequence, "frame_id", "") or "camera_depth_optical_frame"
         if self.output != "cloud" and not getattr(sequence, "has_depth", True):
             raise ValueError(f"{getattr(sequence, 'name', 'the source')} holds point clouds, not depth images: "
                              "play it with output:=cloud")
