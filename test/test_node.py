@@ -863,3 +863,34 @@ def test_a_worker_thread_that_dies_is_reported_and_restarted(harness_factory, fr
     snap = _settled(h, 2)
     assert snap["processed"] == 2 and snap["worker_restarts"] == 1 and _adds_up(snap)
     assert _diag(h, "frames_processed", "2")["_level"] != DiagnosticStatus.ERROR
+
+
+def test_a_frame_whose_publishing_fails_is_a_counted_error_and_the_node_goes_on(harness_factory, frames):
+    """Anything a frame raises after processing (here a real publisher destroyed under the node:
+    rclpy raises InvalidHandle on publish) is an error with its reason, ERROR on /diagnostics
+    while it repeats; the worker lives, the counters add up, and once the publishers are made
+    again (cleanup, configure) frames are processed and /diagnostics recovers."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    h = harness_factory({**FAST, "registration": "none", "diagnostics_period": 0.1})
+    assert h.transition(Transition.TRANSITION_CONFIGURE) and h.transition(Transition.TRANSITION_ACTIVATE)
+    pub = h.publisher(PointCloud2, "/cloud_in")
+    time.sleep(0.5)
+    _feed(h, pub, frames[0], 1.0, 1)
+    h.node.destroy_lifecycle_publisher(h.node._pubs["markers"])
+    for k in range(2):
+        pub.publish(_cloud(frames[1 + k], 2.0 + k))
+        snap = _settled(h, 2 + k)
+        assert _ended(snap) == 2 + k and _adds_up(snap), snap
+    assert (snap["processed"], snap["errors"]) == (1, 2) and _worker_thread(h.node).is_alive()
+    values = _diag(h, "errors", "2")
+    assert values["_level"] == DiagnosticStatus.ERROR, values
+    assert values["_message"].startswith("2 frame(s) failed in a row; last: error: InvalidHandle"), values
+    h.node._pubs.pop("markers")  # cleanup must not destroy it twice
+    assert h.transition(Transition.TRANSITION_DEACTIVATE) and h.transition(Transition.TRANSITION_CLEANUP)
+    assert h.transition(Transition.TRANSITION_CONFIGURE) and h.transition(Transition.TRANSITION_ACTIVATE)
+    time.sleep(0.5)
+    pub.publish(_cloud(frames[0], 9.0))
+    snap = _settled(h, 1)
+    assert (snap["processed"], snap["errors"]) == (1, 0) and _adds_up(snap)
+    assert _diag(h, "frames_processed", "1")["_level"] != DiagnosticStatus.ERROR
