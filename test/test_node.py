@@ -25,6 +25,7 @@ from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField  # noqa: E402
@@ -894,3 +895,51 @@ def test_a_frame_whose_publishing_fails_is_a_counted_error_and_the_node_goes_on(
     snap = _settled(h, 1)
     assert (snap["processed"], snap["errors"]) == (1, 0) and _adds_up(snap)
     assert _diag(h, "frames_processed", "1")["_level"] != DiagnosticStatus.ERROR
+
+
+def test_two_sensors_side_by_side_keep_frames_and_diagnostics_apart(frames):
+    """Two detectors in their own namespaces (as one launch with a sensors list starts them):
+    each answers its own input, publishes odometry in its own odom frame (what /tf carries too),
+    and reports on /diagnostics under its own name."""
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=ros_domain(5))
+    nodes, got = [], {"cam1": [], "cam2": []}
+    names: set[str] = set()
+    probe = rclpy.create_node("probe_two", context=ctx)
+    ex = MultiThreadedExecutor(num_threads=3, context=ctx)
+    try:
+        for ns in got:
+            params = {**FAST, "registration": "consecutive", "odom_frame": f"{ns}/odom", "diagnostics_period": 0.2}
+            node = UkpganDetectorNode("ukpgan_detector", namespace=ns, context=ctx,
+                                      parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+            nodes.append(node)
+            ex.add_node(node)
+            probe.create_subscription(Odometry, f"/{ns}/ukpgan_detector/odometry", got[ns].append, 10)
+        probe.create_subscription(DiagnosticArray, "/diagnostics", lambda m: names.update(s.name for s in m.status), 50)
+        pubs = {ns: probe.create_publisher(PointCloud2, f"/{ns}/cloud_in", 5) for ns in got}
+        ex.add_node(probe)
+        threading.Thread(target=ex.spin, daemon=True).start()
+        for node in nodes:
+            assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        time.sleep(0.5)
+        for i, f in enumerate(frames[:2]):
+            for ns, pub in pubs.items():
+                pub.publish(_cloud(f, 10.0 + i, frame_id=f"{ns}/camera_depth_optical_frame"))
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and min(len(v) for v in got.values()) < i + 1:
+                time.sleep(0.02)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(names) < 2:
+            time.sleep(0.05)
+    finally:
+        ex.shutdown()
+        for node in nodes:
+            node.destroy_node()
+        probe.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+    for ns, odo in got.items():
+        assert len(odo) == 2, ns
+        assert {(o.header.frame_id, o.child_frame_id) for o in odo} == {(f"{ns}/odom", f"{ns}/camera_depth_optical_frame")}
+    assert {"/cam1/ukpgan_detector: keypoints and registration",
+            "/cam2/ukpgan_detector: keypoints and registration"} <= names, names

@@ -243,7 +243,8 @@ class UkpganDetectorNode(LifecycleNode):
             reliability = adapter.reliability.name.lower() if adapter is not None and adapter.reliability else ""
             with worker.cond:
                 self._stats.in_flight = worker.in_flight()
-                msg = diagnostic_array(self._stats, f"{self.get_name()}: keypoints and registration",
+                # named by the fully qualified node name: two sensors' nodes report apart
+                msg = diagnostic_array(self._stats, f"{self.get_fully_qualified_name()}: keypoints and registration",
                                        self.get_fully_qualified_name(), reliability, self.get_clock().now().to_msg(),
                                        adapter.diagnostics() if adapter is not None else {})
             if self._diag_pub is not None:
