@@ -154,6 +154,10 @@ class PipelineConfig(_Fields):
     map_dir: str = _f("ukpgan_map", "folder ~/save_map writes the keyframe map to (relative: to the working "
                                     "directory); an existing map there is replaced", live=True)
     publish_tf: bool = _f(True, "broadcast odom_frame -> sensor frame on /tf (needs tf2_msgs)", live=True)
+    deskew: bool = _f(
+        False, "correct the motion distortion of clouds that carry per-point time (t, time or timestamp fields) "
+               "with the motion of the last two placed frames (constant velocity, as KISS-ICP); for spinning "
+               "LiDARs on vehicles, off for depth cameras (no sweep)", live=True)
     odom_frame: str = _f("odom", "frame of the accumulated pose", live=True)
     model_path: str = _f("", "UKPGAN weights (.safetensors); empty means the shipped model")
     seed: int = _f(0, "seed for random sampling and RANSAC", range=(0, 2**31 - 1), live=True)

@@ -26,7 +26,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from ukpgan_ros.camera_sync import CameraSync, Paired
 from ukpgan_ros.config import StreamConfig
-from ukpgan_ros.pointcloud2 import depth_msgs_to_points, pointcloud2_to_xyz
+from ukpgan_ros.pointcloud2 import depth_msgs_to_points, pointcloud2_point_times, pointcloud2_to_xyz
 from ukpgan_ros.transforms import stamp_ns
 
 __all__ = ["InputAdapter", "CloudInput", "DepthInput", "INPUTS", "make_input"]
@@ -67,6 +67,11 @@ class InputAdapter:
         """A frame as (N, 3) float32 points and its std_msgs Header (worker thread); raises
         ValueError (CloudFormatError) on malformed input."""
         raise NotImplementedError
+
+    def times(self, payload: Any) -> np.ndarray | None:
+        """Per-point time [s after the header stamp] aligned with :meth:`points`, or None when
+        the input kind has none (a depth image is taken at one instant)."""
+        return None
 
     def held(self) -> int:
         """Frames received and held back, not yet in the mailbox (caller holds the worker's lock)."""
@@ -141,6 +146,9 @@ class CloudInput(InputAdapter):
 
     def points(self, msg):
         return pointcloud2_to_xyz(msg), msg.header
+
+    def times(self, msg):
+        return pointcloud2_point_times(msg)  # None without a t / time / timestamp field
 
 
 class DepthInput(InputAdapter):

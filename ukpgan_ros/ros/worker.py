@@ -204,8 +204,9 @@ class FrameWorker:
         t0 = time.perf_counter()
         try:
             points, header = adapter.points(payload)
+            times = adapter.times(payload) if pipeline.cfg.deskew else None  # per-point, for deskewing
             t_conv = time.perf_counter() - t0
-            result = pipeline.process(points, stamp=stamp_seconds(header.stamp))
+            result = pipeline.process(points, stamp=stamp_seconds(header.stamp), times=times)
         except ValueError as e:  # unusable input (CloudFormatError, EmptyCloudError): the state is unchanged
             with self.cond:
                 self.stats.malformed += 1
