@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ukpgan_ros.cloud import WorkingCloud, as_points, crop_range, make_working_cloud, voxel_for_budget
+from ukpgan_ros.cloud import WorkingCloud, as_points, choose_voxel, crop_range, make_working_cloud
 from ukpgan_ros.config import PipelineConfig
 from ukpgan_ros.detectors import Detector, Keypoints, make_detector
 from ukpgan_ros.device import free_cached_memory, resolve_device
@@ -77,7 +77,8 @@ class KeypointPipeline:
         self.device = str(resolve_device(cfg.device))  # where SHOT descriptors run
         self._owns_detector = detector is None
         self.detector = detector if detector is not None else make_detector(cfg)
-        self._voxel_chosen = cfg.working_points == 0
+        self._voxel_chosen = not cfg.auto_voxel
+        self._finest_voxel = cfg.voxel_size  # the configured voxel: the cap's floor at every (re)choice
         self._reference: KeyframeMap | None = None
         if cfg.registration == "reference":
             self._reference = self._load_reference(reference_points)
@@ -160,7 +161,7 @@ class KeypointPipeline:
                                  f"{meta['descriptor']} to localise against it")
         voxel = float(meta.get("voxel_size", cfg.voxel_size))
         if abs(voxel - cfg.voxel_size) > 1e-9:
-            if cfg.working_points == 0:
+            if not cfg.auto_voxel:
                 raise MapFormatError(f"{where}: the map was built at {voxel} m voxels (descriptor radii follow the "
                                      f"voxel); set voxel_size: {voxel}")
             self._set_voxel(voxel)
@@ -171,7 +172,7 @@ class KeypointPipeline:
         reference map (whose voxel, with working_points > 0, stays the stream's)."""
         if self.tracker is not None:
             self.tracker.reset()
-        self._voxel_chosen = self._cfg.working_points == 0 or self._reference is not None
+        self._voxel_chosen = not self._cfg.auto_voxel or self._reference is not None
 
     @property
     def pose(self) -> np.ndarray:
@@ -207,8 +208,9 @@ class KeypointPipeline:
         return save_map(kmap, folder), len(kmap)
 
     def _choose_voxel(self, points: np.ndarray, crop: bool = True) -> None:
-        """With ``working_points`` > 0, pick the voxel for this stream from its first cloud, so
-        close-range and room-sized scenes cost the same; radii and the detector follow it."""
+        """With ``working_points`` > 0 or the ``max_working_points`` cap, pick the voxel for this
+        stream from its first cloud, so every sensor and scene costs about the same; radii and the
+        detector follow it."""
         if self._voxel_chosen:
             return
         cfg = self.cfg
@@ -218,7 +220,7 @@ class KeypointPipeline:
         if len(pts) == 0:
             return  # decided on the next usable frame
         lo, hi = PipelineConfig.__dataclass_fields__["voxel_size"].metadata["range"]
-        voxel = voxel_for_budget(pts, cfg.working_points, cfg.voxel_size, lo, hi)
+        voxel = choose_voxel(pts, self._finest_voxel, cfg.working_points, cfg.max_working_points, lo, hi)
         self._voxel_chosen = True
         if voxel != cfg.voxel_size:
             self._set_voxel(voxel)
