@@ -138,6 +138,11 @@ class PipelineConfig(_Fields):
     min_inliers: int = _f(6, "fewer RANSAC inlier matches than this marks a registration failed", range=(3, 100000), live=True)
     min_fitness: float = _f(0.2, "lower final fitness (overlap fraction) marks a registration failed", range=(0.0, 1.0),
                          live=True)
+    min_constraint: float = _f(
+        0.04, "a registration whose point pairs leave a direction of motion unconstrained (smallest eigenvalue of "
+              "their normalised point-to-plane Hessian below this: rings a spinning LiDAR draws on the floor, a "
+              "floor and walls along the motion, one plane) is marked failed; 0: no check. Generic scenes give "
+              ">= 0.08 (KITTI, 7-Scenes, 3DMatch), degenerate fits < 0.03", range=(0.0, 1.0), live=True)
     keyframe_min_fitness: float = _f(
         0.6, "keyframe mode: a frame whose overlap (fitness) with the keyframe is below this becomes a keyframe",
         range=(0.0, 1.0), live=True)

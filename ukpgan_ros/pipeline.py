@@ -320,7 +320,8 @@ class KeypointPipeline:
         res = register_features(
             src, tgt, cfg.match_distance, max_iterations=cfg.ransac_max_iterations,
             confidence=cfg.ransac_confidence, icp_refine=cfg.icp_refine,
-            min_inliers=cfg.min_inliers, min_fitness=cfg.min_fitness, seed=cfg.seed,
+            min_inliers=cfg.min_inliers, min_fitness=cfg.min_fitness, min_constraint=cfg.min_constraint,
+            seed=cfg.seed,
             dense_target=cfg.match_against == "dense",
         )
         if timings is not None:

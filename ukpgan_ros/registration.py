@@ -27,6 +27,8 @@ __all__ = [
     "evaluate_overlap",
     "nearest_rows",
     "registration_covariance",
+    "fit_pairs",
+    "constraint_spectrum",
 ]
 
 _reg = o3d.pipelines.registration
@@ -168,6 +170,35 @@ def evaluate_overlap(src: WorkingCloud, tgt: WorkingCloud, T: np.ndarray, distan
     return float(res.fitness), float(res.inlier_rmse)
 
 
+def fit_pairs(src: WorkingCloud, tgt: WorkingCloud, T: np.ndarray,
+              distance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs a fit rests on: (source points moved by ``T`` (P, 3), their nearest target
+    points (P, 3), those points' normals (P, 3)), float64, for the source points within
+    ``distance`` of the target."""
+    from scipy.spatial import cKDTree
+
+    moved = src.points.astype(np.float64) @ T[:3, :3].T + T[:3, 3]
+    dist, j = cKDTree(tgt.points).query(moved, distance_upper_bound=distance)
+    ok = np.isfinite(dist)
+    return moved[ok], tgt.points[j[ok]].astype(np.float64), tgt.normals[j[ok]].astype(np.float64)
+
+
+def constraint_spectrum(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """Eigenvalues (ascending, 6) of the mean point-to-plane Hessian ``J^T J / P`` of pairs at
+    ``points`` with target ``normals``, J = [n, (p - c) x n / l] about the pairs' centroid c, with
+    l their RMS distance from it: translations and rotations in one scale, so each eigenvalue is
+    the share of the pairs that faces one direction of motion squarely (they sum to about 1 + the
+    rotation part; a generic scene gives every direction ~0.1 or more). A direction no pair's
+    normal faces (sliding along a floor, down a corridor, turning about a pole's axis) gets ~0:
+    the overlap does not constrain it, and nothing tells the fit from one moved along it."""
+    if len(points) < 6:
+        return np.zeros(6)
+    q = points - points.mean(axis=0)
+    scale = float(np.sqrt(np.mean(np.einsum("ij,ij->i", q, q)))) or 1.0
+    J = np.hstack([normals, np.cross(q, normals) / scale])
+    return np.linalg.eigvalsh(J.T @ J / len(J))
+
+
 def register_features(
     src: FrameFeatures,
     tgt: FrameFeatures,
@@ -178,12 +209,17 @@ def register_features(
     icp_refine: bool = True,
     min_inliers: int = 6,
     min_fitness: float = 0.2,
+    min_constraint: float = 0.0,
     seed: int | None = 0,
     dense_target: bool = False,
 ) -> RegistrationResult:
     """Match the source's keypoint descriptors mutually with the target's keypoints (or, with
     ``dense_target``, with all its points), RANSAC them with inlier ``distance`` [m], optionally
-    refine with ICP (same distance), and grade."""
+    refine with ICP (same distance), and grade: a success needs ``min_inliers`` inlier matches,
+    ``min_fitness`` overlap and, with ``min_constraint`` > 0, a fit that pins all six degrees of
+    freedom: the smallest eigenvalue of :func:`constraint_spectrum` of the final pairs at least
+    that (a spinning LiDAR's rings on the floor, or a floor and walls along the motion, fit the
+    sensor's own pattern at the identity with a high overlap and say nothing about the motion)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     src_kp = src.keypoints.xyz
@@ -207,6 +243,15 @@ def register_features(
     timings["refine"] = time.perf_counter() - t0
     ok = fitness >= min_fitness
     msg = "" if ok else f"fitness {fitness:.3f} below {min_fitness}"
+    if ok and min_constraint > 0:
+        t0 = time.perf_counter()
+        p, _, n = fit_pairs(src.cloud, tgt.cloud, T, distance)
+        w = constraint_spectrum(p, n)
+        timings["verify"] = time.perf_counter() - t0
+        if w[0] < min_constraint:
+            ok = False
+            msg = (f"degenerate fit: its {len(p)} point pairs constrain {int((w >= min_constraint).sum())} of 6 "
+                   f"degrees of freedom (weakest {w[0]:.3f} < {min_constraint})")
     return RegistrationResult(T, fitness, rmse, len(corr), inliers, ok, timings, msg)
 
 
@@ -222,14 +267,9 @@ def registration_covariance(src: WorkingCloud, tgt: WorkingCloud, T: np.ndarray,
     measured on 7-Scenes and the synthetic room. Directions the scene does not constrain (sliding
     along a lone plane) get large variances, capped at ``max_variance``.
     """
-    from scipy.spatial import cKDTree
-
-    moved = src.points.astype(np.float64) @ T[:3, :3].T + T[:3, 3]
-    dist, j = cKDTree(tgt.points).query(moved, distance_upper_bound=distance)
-    ok = np.isfinite(dist)
-    if ok.sum() < 6:
+    p, q, n = fit_pairs(src, tgt, T, distance)
+    if len(p) < 6:
         return np.eye(6) * max_variance
-    p, n, q = moved[ok], tgt.normals[j[ok]].astype(np.float64), tgt.points[j[ok]].astype(np.float64)
     r = np.einsum("ij,ij->i", p - q, n)
     J = np.hstack([n, np.cross(p, n)])
     H = J.T @ J
