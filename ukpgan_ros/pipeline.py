@@ -153,7 +153,8 @@ class KeypointPipeline:
         return kmap
 
     def _adopt_map(self, kmap: KeyframeMap) -> None:
-        """Check a loaded map against the configuration; its voxel wins with working_points > 0."""
+        """Check a loaded map against the configuration; its voxel wins with working_points > 0, and
+        with the max_working_points cap where it is coarser than voxel_size."""
         cfg, meta = self._cfg, kmap.meta
         where = cfg.reference_cloud
         if meta.get("descriptor", cfg.descriptor) != cfg.descriptor:
@@ -161,7 +162,8 @@ class KeypointPipeline:
                                  f"{meta['descriptor']} to localise against it")
         voxel = float(meta.get("voxel_size", cfg.voxel_size))
         if abs(voxel - cfg.voxel_size) > 1e-9:
-            if not cfg.auto_voxel:
+            # working_points picks any voxel; the cap only coarser ones than voxel_size
+            if cfg.working_points == 0 and not (cfg.max_working_points > 0 and voxel > cfg.voxel_size):
                 raise MapFormatError(f"{where}: the map was built at {voxel} m voxels (descriptor radii follow the "
                                      f"voxel); set voxel_size: {voxel}")
             self._set_voxel(voxel)
