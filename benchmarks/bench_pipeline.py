@@ -28,7 +28,7 @@ from ukpgan_ros.datasets import open_sequence  # noqa: E402
 from ukpgan_ros.pipeline import KeypointPipeline  # noqa: E402
 from ukpgan_ros.transforms import rotation_error_deg, translation_error  # noqa: E402
 
-STAGES = ("convert", "preprocess", "detect", "describe", "match", "ransac", "refine", "verify")
+STAGES = ("convert", "preprocess", "detect", "describe", "match", "ransac", "refine", "verify", "track")
 
 
 class _Scan:

@@ -154,20 +154,24 @@ def count_inliers(src_xyz: np.ndarray, tgt_xyz: np.ndarray, corr: np.ndarray, T:
 
 
 def refine_icp(src: WorkingCloud, tgt: WorkingCloud, T_init: np.ndarray, distance: float,
-               max_iterations: int = 30) -> tuple[np.ndarray, float, float]:
-    """Point-to-plane ICP on the working clouds from ``T_init``; returns (T, fitness, inlier_rmse)."""
+               max_iterations: int = 30) -> tuple[np.ndarray, float, float, np.ndarray]:
+    """Point-to-plane ICP on the working clouds from ``T_init``; returns (T, fitness, inlier_rmse,
+    (P, 2) index pairs (source, target) within ``distance`` under T)."""
     res = _reg.registration_icp(
         to_legacy(src.points, src.normals), to_legacy(tgt.points, tgt.normals), distance, T_init,
         _reg.TransformationEstimationPointToPlane(),
         _reg.ICPConvergenceCriteria(max_iteration=max_iterations),
     )
-    return np.asarray(res.transformation, np.float64), float(res.fitness), float(res.inlier_rmse)
+    return (np.asarray(res.transformation, np.float64), float(res.fitness), float(res.inlier_rmse),
+            np.asarray(res.correspondence_set, np.int64).reshape(-1, 2))
 
 
-def evaluate_overlap(src: WorkingCloud, tgt: WorkingCloud, T: np.ndarray, distance: float) -> tuple[float, float]:
-    """(fitness, inlier_rmse) of ``T``: the share of source points near the target after moving."""
+def evaluate_overlap(src: WorkingCloud, tgt: WorkingCloud, T: np.ndarray,
+                     distance: float) -> tuple[float, float, np.ndarray]:
+    """(fitness, inlier_rmse, (P, 2) index pairs within ``distance``) of ``T``: the share of source
+    points near the target after moving."""
     res = _reg.evaluate_registration(to_legacy(src.points), to_legacy(tgt.points), distance, T)
-    return float(res.fitness), float(res.inlier_rmse)
+    return float(res.fitness), float(res.inlier_rmse), np.asarray(res.correspondence_set, np.int64).reshape(-1, 2)
 
 
 def fit_pairs(src: WorkingCloud, tgt: WorkingCloud, T: np.ndarray,
@@ -236,21 +240,21 @@ def register_features(
                                   f"only {inliers} RANSAC inliers of {len(corr)} matches (need {min_inliers})")
     t0 = time.perf_counter()
     if icp_refine:
-        T, fitness, rmse = refine_icp(src.cloud, tgt.cloud, T, distance)
+        T, fitness, rmse, pairs = refine_icp(src.cloud, tgt.cloud, T, distance)
         inliers = count_inliers(src_kp, tgt_kp, corr, T, distance)
     else:
-        fitness, rmse = evaluate_overlap(src.cloud, tgt.cloud, T, distance)
+        fitness, rmse, pairs = evaluate_overlap(src.cloud, tgt.cloud, T, distance)
     timings["refine"] = time.perf_counter() - t0
     ok = fitness >= min_fitness
     msg = "" if ok else f"fitness {fitness:.3f} below {min_fitness}"
     if ok and min_constraint > 0:
         t0 = time.perf_counter()
-        p, _, n = fit_pairs(src.cloud, tgt.cloud, T, distance)
-        w = constraint_spectrum(p, n)
+        moved = src.cloud.points[pairs[:, 0]].astype(np.float64) @ T[:3, :3].T + T[:3, 3]
+        w = constraint_spectrum(moved, tgt.cloud.normals[pairs[:, 1]].astype(np.float64))
         timings["verify"] = time.perf_counter() - t0
         if w[0] < min_constraint:
             ok = False
-            msg = (f"degenerate fit: its {len(p)} point pairs constrain {int((w >= min_constraint).sum())} of 6 "
+            msg = (f"degenerate fit: its {len(pairs)} point pairs constrain {int((w >= min_constraint).sum())} of 6 "
                    f"degrees of freedom (weakest {w[0]:.3f} < {min_constraint})")
     return RegistrationResult(T, fitness, rmse, len(corr), inliers, ok, timings, msg)
 
