@@ -7,6 +7,7 @@ Functions take physical distances; the pipeline derives them from the configurat
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -223,6 +224,7 @@ def register_features(
     min_constraint: float = 0.0,
     seed: int | None = 0,
     dense_target: bool = False,
+    degenerate_retries: int = 1,
 ) -> RegistrationResult:
     """Match the source's keypoint descriptors mutually with the target's keypoints (or, with
     ``dense_target``, with all its points), RANSAC them with inlier ``distance`` [m], optionally
@@ -230,7 +232,10 @@ def register_features(
     ``min_fitness`` overlap and, with ``min_constraint`` > 0, a fit that pins all six degrees of
     freedom: the smallest eigenvalue of :func:`constraint_spectrum` of the final pairs at least
     that (a spinning LiDAR's rings on the floor, or a floor and walls along the motion, fit the
-    sensor's own pattern at the identity with a high overlap and say nothing about the motion)."""
+    sensor's own pattern at the identity with a high overlap and say nothing about the motion).
+    A degenerate fit is not the end: the matches it explains (keypoints on the sensor's own
+    pattern) are set aside and RANSAC runs again on the others, up to ``degenerate_retries``
+    times; the first result stands when those fail too."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     src_kp = src.keypoints.xyz
@@ -238,32 +243,54 @@ def register_features(
     corr = mutual_matches(src.descriptors, tgt_desc)
     timings["match"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    T, inliers = ransac_from_correspondences(src_kp, tgt_kp, corr, distance, max_iterations, confidence, seed)
-    timings["ransac"] = time.perf_counter() - t0
+    candidates, first = corr, None
+    for _ in range(1 + max(0, degenerate_retries)):  # degenerate: drop the matches it explains, solve the rest
+        res, T_hyp = _fit(src, tgt, src_kp, tgt_kp, corr, candidates, distance, max_iterations, confidence, icp_refine,
+                          min_inliers, min_fitness, min_constraint, seed, timings)
+        if not res.message.startswith("degenerate fit"):
+            break
+        first = first or res
+        moved = src_kp[candidates[:, 0]] @ T_hyp[:3, :3].T + T_hyp[:3, 3]
+        candidates = candidates[np.linalg.norm(moved - tgt_kp[candidates[:, 1]], axis=1) > distance]
+    res = res if first is None or res.success else first
+    return dataclasses.replace(res, timings=timings)
 
+
+def _fit(src: FrameFeatures, tgt: FrameFeatures, src_kp: np.ndarray, tgt_kp: np.ndarray, corr: np.ndarray,
+         candidates: np.ndarray, distance: float, max_iterations: int, confidence: float, icp_refine: bool,
+         min_inliers: int, min_fitness: float, min_constraint: float, seed: int | None,
+         timings: dict[str, float]) -> tuple[RegistrationResult, np.ndarray]:
+    """RANSAC over ``candidates`` (a subset of ``corr``), refine, grade; stage times add up in
+    ``timings`` (the result's own are left empty). Returns (the graded result, RANSAC's hypothesis)."""
+    def lap(stage: str, t0: float) -> None:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    T, inliers = ransac_from_correspondences(src_kp, tgt_kp, candidates, distance, max_iterations, confidence, seed)
+    T_hyp = T
+    lap("ransac", t0)
     if inliers < min_inliers:
-        return RegistrationResult(np.eye(4), 0.0, 0.0, len(corr), inliers, False, timings,
-                                  f"only {inliers} RANSAC inliers of {len(corr)} matches (need {min_inliers})")
+        return RegistrationResult(np.eye(4), 0.0, 0.0, len(corr), inliers, False, {},
+                                  f"only {inliers} RANSAC inliers of {len(candidates)} matches (need {min_inliers})"), T_hyp
     t0 = time.perf_counter()
     if icp_refine:
         T, fitness, rmse, pairs = refine_icp(src.cloud, tgt.cloud, T, distance)
-        inliers = count_inliers(src_kp, tgt_kp, corr, T, distance)
     else:
         fitness, rmse, pairs = evaluate_overlap(src.cloud, tgt.cloud, T, distance)
-    timings["refine"] = time.perf_counter() - t0
+    inliers = count_inliers(src_kp, tgt_kp, corr, T, distance)
+    lap("refine", t0)
     ok = fitness >= min_fitness
     msg = "" if ok else f"fitness {fitness:.3f} below {min_fitness}"
     if ok and min_constraint > 0:
         t0 = time.perf_counter()
         moved = src.cloud.points[pairs[:, 0]].astype(np.float64) @ T[:3, :3].T + T[:3, 3]
         w = constraint_spectrum(moved, tgt.cloud.normals[pairs[:, 1]].astype(np.float64))
-        timings["verify"] = time.perf_counter() - t0
+        lap("verify", t0)
         if w[0] < min_constraint:
             ok = False
             msg = (f"degenerate fit: its {len(pairs)} point pairs constrain {int((w >= min_constraint).sum())} of 6 "
                    f"degrees of freedom (weakest {w[0]:.3f} < {min_constraint})")
-    return RegistrationResult(T, fitness, rmse, len(corr), inliers, ok, timings, msg)
+    return RegistrationResult(T, fitness, rmse, len(corr), inliers, ok, {}, msg), T_hyp
 
 
 def registration_covariance(src: WorkingCloud, tgt: WorkingCloud, T: np.ndarray, distance: float,
