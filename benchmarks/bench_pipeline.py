@@ -110,7 +110,8 @@ def main() -> None:
             total = 1e3 * float(np.median([sum(r.values()) for r in rows[1:]]))
             e = np.median(np.array(errs), axis=0) if errs else (np.nan, np.nan)
             print(f"{pipe.cfg.voxel_size:>6.3g} {det:>8} {np.median([s[0] for s in sizes]):>6.0f} "
-                  f"{np.median([s[1] for s in sizes]):>4.0f} " + " ".join(f"{med[s]:>8.1f}ms" for s in STAGES) + f" {total:>5.0f}ms {e[0]:>7.3f} {100 * e[1]:>6.2f}")
+                  f"{np.median([s[1] for s in sizes]):>4.0f} " + " ".join(f"{med[s]:>8.1f}ms" for s in STAGES)
+                  + f" {total:>5.0f}ms {e[0]:>7.3f} {100 * e[1]:>6.2f}")
             pipe.release()
 
 

@@ -1,4 +1,5 @@
-"""Cloud preprocessing: finite/range crop, voxel downsampling, the working cloud (points + normals).
+"""Cloud preprocessing: finite/range crop, voxel downsampling, the working cloud (points + normals),
+and the choice of a stream's voxel from its first cloud (a point budget or cap).
 
 Every function takes and returns NumPy float32 arrays so the rest of the core never deals with
 Open3D geometry objects; conversions to Open3D happen here and in ``registration``.
@@ -114,8 +115,8 @@ def voxel_ladder(lo: float, hi: float) -> np.ndarray:
 
 def voxel_for_budget(points: np.ndarray, budget: int, lo: float, hi: float) -> float:
     """The smallest voxel of :func:`voxel_ladder` (lo, hi) whose grid leaves at most ``budget``
-    of the finite (N, 3) ``points`` (``hi`` when none does): the working cloud holds at most ``budget`` points and,
-    the ladder being 4.4 % steps, about that many.
+    of the finite (N, 3) ``points`` (``hi`` when none does): the working cloud holds at most
+    ``budget`` points and, the ladder being 4.4 % steps, about that many.
 
     Without voxelising the cloud again and again: one Morton sort gives the occupied cells at
     every octave of voxel size (:func:`~ukpgan_ros._voxel_kernel.octave_counts`), a log-log

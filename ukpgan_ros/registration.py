@@ -271,8 +271,8 @@ def _fit(src: FrameFeatures, tgt: FrameFeatures, src_kp: np.ndarray, tgt_kp: np.
     T_hyp = T
     lap("ransac", t0)
     if inliers < min_inliers:
-        return RegistrationResult(np.eye(4), 0.0, 0.0, len(corr), inliers, False, {},
-                                  f"only {inliers} RANSAC inliers of {len(candidates)} matches (need {min_inliers})"), T_hyp
+        msg = f"only {inliers} RANSAC inliers of {len(candidates)} matches (need {min_inliers})"
+        return RegistrationResult(np.eye(4), 0.0, 0.0, len(corr), inliers, False, {}, msg), T_hyp
     t0 = time.perf_counter()
     if icp_refine:
         T, fitness, rmse, pairs = refine_icp(src.cloud, tgt.cloud, T, distance)
