@@ -81,17 +81,21 @@ def test_voxel_choice_on_a_lidar_scan_is_fast_and_equals_the_slow_definition(bud
 
     scan = _kitti_scan()
     voxel_for_budget(scan, budget, 0.05, 1.0)  # compiled
-    best = float("inf")
-    for _ in range(3):
+    choose = voxelise = float("inf")
+    for _ in range(5):
         t0 = time.perf_counter()
         got = voxel_for_budget(scan, budget, 0.05, 1.0)
-        best = min(best, time.perf_counter() - t0)
+        choose = min(choose, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        voxel_downsample(scan, got)
+        voxelise = min(voxelise, time.perf_counter() - t0)
     ladder = voxel_ladder(0.05, 1.0)
     j = int(np.searchsorted(ladder, got))
     # the definition near the answer (the whole ladder by np.unique takes seconds)
     assert _unique_count(scan, got) <= budget < _unique_count(scan, ladder[j - 1])
     assert abs(np.log2(got / _reference_voxel(scan, budget, float(ladder[j - 3]), 1.0))) <= 1.01 / 16
-    assert best < 0.05, best  # ~5 ms unloaded; the bisection of full voxelisations took 20-300 ms
+    # ~5 ms, about two voxelisations of the scan (measured 2.1-2.3x); bisecting took 4-6 of them
+    assert choose < 4 * voxelise, (choose, voxelise)
 
 
 def test_choose_voxel_caps_and_targets() -> None:
