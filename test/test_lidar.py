@@ -165,3 +165,22 @@ def test_a_degenerate_consensus_is_set_aside_and_the_rest_registers(room_scans):
     res = register_features(source, target, pipe.cfg.match_distance, **kw)
     assert res.success, res.message
     assert translation_error(res.T_tgt_from_src, T_gt) < 0.03 and rotation_error_deg(res.T_tgt_from_src, T_gt) < 0.3
+
+
+def test_the_registrations_own_pairs_give_the_covariance_a_search_gives(kitti):
+    """``RegistrationResult.pairs`` are ICP's final pairs: the nearest target point within the
+    match distance of each moved source point, as a KD-tree query finds them."""
+    from ukpgan_ros.pipeline import KeypointPipeline
+    from ukpgan_ros.registration import fit_pairs, registration_covariance
+
+    scans, _ = kitti
+    pipe = KeypointPipeline(PipelineConfig(detector="iss", registration="consecutive"))
+    tgt = pipe.describe(scans[0], dense=True)
+    src = pipe.describe(scans[2])
+    res = pipe.register(src, tgt)
+    assert res.success and res.pairs is not None
+    d, T = pipe.cfg.match_distance, res.T_tgt_from_src
+    searched = fit_pairs(src.cloud, tgt.cloud, T, d)
+    assert abs(len(res.pairs) - len(searched[0])) <= 0.002 * len(searched[0])  # float ties at the radius
+    np.testing.assert_allclose(registration_covariance(src.cloud, tgt.cloud, T, d, pairs=res.pairs),
+                               registration_covariance(src.cloud, tgt.cloud, T, d), rtol=1e-3, atol=1e-12)

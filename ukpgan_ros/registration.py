@@ -78,6 +78,9 @@ class RegistrationResult:
     success: bool
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     message: str = ""
+    # (P, 2) int64 (source, target) indices into the working clouds: the pairs within the match
+    # distance under T that ICP (or the overlap evaluation) found; None when no fit was made
+    pairs: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def nearest_rows(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.ndarray:
@@ -183,17 +186,22 @@ def evaluate_overlap(src: WorkingCloud, tgt: WorkingCloud, T: np.ndarray,
     return float(res.fitness), float(res.inlier_rmse), np.asarray(res.correspondence_set, np.int64).reshape(-1, 2)
 
 
-def fit_pairs(src: WorkingCloud, tgt: WorkingCloud, T: np.ndarray,
-              distance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fit_pairs(src: WorkingCloud, tgt: WorkingCloud, T: np.ndarray, distance: float,
+              pairs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pairs a fit rests on: (source points moved by ``T`` (P, 3), their nearest target
     points (P, 3), those points' normals (P, 3)), float64, for the source points within
-    ``distance`` of the target."""
-    from scipy.spatial import cKDTree
-
+    ``distance`` of the target; ``pairs`` ((P, 2) source, target indices, e.g. a result's, found
+    under the same ``T`` and ``distance``) spares the nearest-neighbour search."""
     moved = src.points.astype(np.float64) @ T[:3, :3].T + T[:3, 3]
-    dist, j = cKDTree(tgt.points).query(moved, distance_upper_bound=distance)
-    ok = np.isfinite(dist)
-    return moved[ok], tgt.points[j[ok]].astype(np.float64), tgt.normals[j[ok]].astype(np.float64)
+    if pairs is None:
+        from scipy.spatial import cKDTree
+
+        dist, j = cKDTree(tgt.points).query(moved, distance_upper_bound=distance)
+        ok = np.isfinite(dist)
+        i, j = np.nonzero(ok)[0], j[ok]
+    else:
+        i, j = pairs[:, 0], pairs[:, 1]
+    return moved[i], tgt.points[j].astype(np.float64), tgt.normals[j].astype(np.float64)
 
 
 def constraint_spectrum(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
@@ -284,18 +292,19 @@ def _fit(src: FrameFeatures, tgt: FrameFeatures, src_kp: np.ndarray, tgt_kp: np.
     msg = "" if ok else f"fitness {fitness:.3f} below {min_fitness}"
     if ok and min_constraint > 0:
         t0 = time.perf_counter()
-        moved = src.cloud.points[pairs[:, 0]].astype(np.float64) @ T[:3, :3].T + T[:3, 3]
-        w = constraint_spectrum(moved, tgt.cloud.normals[pairs[:, 1]].astype(np.float64))
+        p, _, n = fit_pairs(src.cloud, tgt.cloud, T, distance, pairs)
+        w = constraint_spectrum(p, n)
         lap("verify", t0)
         if w[0] < min_constraint:
             ok = False
             msg = (f"degenerate fit: its {len(pairs)} point pairs constrain {int((w >= min_constraint).sum())} of 6 "
                    f"degrees of freedom (weakest {w[0]:.3f} < {min_constraint})")
-    return RegistrationResult(T, fitness, rmse, len(corr), inliers, ok, {}, msg), T_hyp
+    return RegistrationResult(T, fitness, rmse, len(corr), inliers, ok, {}, msg, pairs), T_hyp
 
 
 def registration_covariance(src: WorkingCloud, tgt: WorkingCloud, T: np.ndarray, distance: float,
-                            sigma_floor: float = 0.0, max_variance: float = 1e4) -> np.ndarray:
+                            sigma_floor: float = 0.0, max_variance: float = 1e4,
+                            pairs: np.ndarray | None = None) -> np.ndarray:
     """6x6 covariance of ``T`` (``p_tgt = T p_src``) from the point-to-plane geometry of the fit.
 
     Order (x, y, z, rx, ry, rz), as ROS messages; a left perturbation in the target frame
@@ -304,9 +313,10 @@ def registration_covariance(src: WorkingCloud, tgt: WorkingCloud, T: np.ndarray,
     ``sigma_floor``), times N / sqrt(N) for N pairs: neighbouring residuals of voxel clouds are
     not independent, and without that factor the figure is tens of times below the errors
     measured on 7-Scenes and the synthetic room. Directions the scene does not constrain (sliding
-    along a lone plane) get large variances, capped at ``max_variance``.
+    along a lone plane) get large variances, capped at ``max_variance``. ``pairs``: the
+    registration's own (``RegistrationResult.pairs``), which spares a nearest-neighbour search.
     """
-    p, q, n = fit_pairs(src, tgt, T, distance)
+    p, q, n = fit_pairs(src, tgt, T, distance, pairs)
     if len(p) < 6:
         return np.eye(6) * max_variance
     r = np.einsum("ij,ij->i", p - q, n)
