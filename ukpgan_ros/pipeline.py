@@ -307,7 +307,7 @@ class KeypointPipeline:
         )
         if timings is not None:
             timings.update(res.timings)
-        return res
+        return dataclasses.replace(res, voxel_size=cfg.voxel_size)
 
     def deskewed(self, points: np.ndarray, times: np.ndarray | None) -> np.ndarray:
         """``points`` moved to the sensor frame at the stamp (``times``: seconds after it, per

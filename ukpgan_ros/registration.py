@@ -81,6 +81,7 @@ class RegistrationResult:
     # (P, 2) int64 (source, target) indices into the working clouds: the pairs within the match
     # distance under T that ICP (or the overlap evaluation) found; None when no fit was made
     pairs: np.ndarray | None = field(default=None, repr=False, compare=False)
+    voxel_size: float = 0.0  # of the working clouds it was computed on [m] (0: not recorded)
 
 
 def nearest_rows(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.ndarray:
