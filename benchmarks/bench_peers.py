@@ -650,7 +650,8 @@ def main(argv: list[str] | None = None) -> None:
         "voxel and stride; paired = median over frames of method / open3d on the same frame",
         f"open3d: tutorial recipe, point-to-plane ICP at 0.4 x voxel on the {'voxel' if args.o3d_icp == 'down' else 'full'} clouds",
         "working pts = cloud each method registers (ukpgan/iss/open3d: voxel cloud; small_gicp: its voxel cloud; "
-        "kiss_icp: its 1.5 x voxel source cloud, registered to its local map)",
+        "kiss_icp: its 1.5 x voxel source cloud, registered to its local map; kiss_matcher: the raw cloud it is "
+        "given, voxelised inside)",
         "ground-truth motion per pair (median) and share of pairs a zero-motion guess would pass: " + "; ".join(
             f"stride {s}: {v['motion_deg_median']:.1f} deg, {v['motion_cm_median']:.1f} cm, {100 * v['zero_motion_success']:.0f}%"
             for s, v in res["motion"].items()),
