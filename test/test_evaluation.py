@@ -156,6 +156,50 @@ def test_sensor_profile_follows_the_sequence(tmp_path) -> None:
         p.parse_args(["--thresholds", "sonar"])
 
 
+def test_lidar_pairs_follow_the_profile() -> None:
+    from ukpgan_ros.datasets import open_sequence
+    from ukpgan_ros.evaluation.pairs import sequence_pairs
+
+    # synthetic_lidar at the LiDAR profile's gaps and stride: 1, 2, 5, 10 scans (1 to 10 m at 10 m/s)
+    pairs, loaders = sequence_pairs("synthetic_lidar", list(LIDAR.gaps), LIDAR.stride, None, (0, 16))
+    assert sorted({p.gap for p in pairs}) == [1, 2, 5, 10]
+    assert {p.dataset for p in pairs} == {"synthetic_lidar"}
+    seq = open_sequence("synthetic_lidar")
+    for p in pairs:
+        s, t = int(p.src[len("frame"):]), int(p.tgt[len("frame"):])
+        assert s - t == p.gap and t % LIDAR.stride == 0 and s < 16
+        np.testing.assert_allclose(p.T, np.linalg.inv(seq.pose(t)) @ seq.pose(s), atol=1e-9)
+        assert np.linalg.norm(p.T[:3, 3]) == pytest.approx(p.gap * 1.0, rel=0.05)  # drive: 10 m/s at 10 Hz
+    if (DATA / "kitti-00-velodyne").is_dir():
+        # KITTI's six scans: gaps 1..5 with a stride past the end give exactly the pairs (0, k)
+        pairs, loaders = sequence_pairs(str(DATA / "kitti-00-velodyne"), [1, 2, 3, 4, 5], 10, None, None)
+        assert [(p.src, p.tgt, p.dataset) for p in pairs] == [(f"frame{k}", "frame0", "kitti") for k in range(1, 6)]
+        assert np.linalg.norm(pairs[-1].T[:3, 3]) == pytest.approx(3.57, abs=0.05)  # the README's 3.57 m
+
+
+def test_eval_on_synthetic_lidar_uses_lidar_thresholds(tmp_path) -> None:
+    out = tmp_path / "out"
+    assert run(_args("--sequence", "synthetic_lidar", "--fragments", "", "--detectors", "iss", "random",
+                     "--budgets", "100", "--gaps", "1", "--max-pairs-per-gap", "1", "--trials", "1",
+                     "--out", str(out), "--no-progress")) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["options"]["thresholds"] == "auto"
+    assert {r["thresholds"] for r in res["rows"]} == {"lidar"}
+    by = {r["detector"]: r for r in res["summary"] if r["gap"] == 0}
+    # a 1 m drive registered within KITTI's 5 deg / 2 m from all voxels at the LiDAR profile's 0.3 m
+    assert by["all-points"]["registered"] == 1.0 and 5000 < by["all-points"]["keypoints"] < 30000
+    assert by["iss"]["inlier_ratio"] > by["random"]["inlier_ratio"]
+    text = (out / "results.md").read_text()
+    assert "RE < 5° & TE < 2 m" in text and "within 60 cm" in text
+    forced = tmp_path / "forced"  # --thresholds rgbd judges the same street by room-scale limits
+    assert run(_args("--sequence", "synthetic_lidar", "--fragments", "", "--detectors", "random", "--budgets", "100",
+                     "--gaps", "1", "--max-pairs-per-gap", "1", "--trials", "1", "--thresholds", "rgbd",
+                     "--voxel", "0.3", "--no-all-points", "--out", str(forced), "--no-progress")) == 0
+    res = json.loads((forced / "results.json").read_text())
+    assert {r["thresholds"] for r in res["rows"]} == {"rgbd"}
+    assert "RE < 15° & TE < 30 cm" in (forced / "results.md").read_text()
+
+
 def test_probability_stats() -> None:
     from ukpgan_ros.evaluation.report import probability_stats
 
