@@ -87,7 +87,8 @@ def _noise(cov: np.ndarray):
     import gtsam
 
     C = np.asarray(cov, np.float64)[np.ix_(_ROS_TO_GTSAM, _ROS_TO_GTSAM)]
-    C = 0.5 * (C + C.T) + np.eye(6) * _MIN_VARIANCE
+    w, V = np.linalg.eigh(0.5 * (C + C.T))
+    C = (V * np.maximum(w, _MIN_VARIANCE)) @ V.T  # positive definite, whatever rounding left
     return gtsam.noiseModel.Gaussian.Covariance(C)
 
 

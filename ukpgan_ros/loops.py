@@ -1,0 +1,323 @@
+"""Loop closure for keyframe tracking: find older keyframes a new keyframe sees again, verify them
+by registration, and optimise the keyframe pose graph off the frame path.
+
+The tracker calls :meth:`LoopCloser.add_keyframe` for every new keyframe (the stored keyframe,
+the odometry edge to the keyframe it was placed from, the live frame's features and the ids the
+tracker's store still holds); that only enqueues. One worker thread then, in order:
+
+1. adds the node and the odometry edge to the graph, and the keyframe to its own descriptor
+   index (a :class:`~ukpgan_ros.maps.KeyframeMap` only the worker touches, pruned to the ids the
+   tracker keeps);
+2. asks that index for the ``candidates`` keyframes the new keyframe's descriptors vote for,
+   among those at least ``min_separation`` keyframes older (its neighbours are odometry);
+   registers each onto the new keyframe (the pipeline's RANSAC + ICP, no guess) and keeps those
+   with fitness >= ``min_fitness`` and >= ``min_inliers`` RANSAC inliers;
+3. accepts a verified loop only if something independent agrees with it: another verified loop
+   (from this keyframe or one of the last ``window`` keyframes, against another keyframe) that
+   implies the same odometry drift ``D = pose_old @ T_old_from_new @ inv(pose_new)`` within
+   ``agree_m`` / ``agree_deg``, or the graph as optimised so far, which predicts the loop's
+   relative pose within those bounds;
+4. optimises the graph (:func:`ukpgan_ros.posegraph.optimize`, Cauchy kernel on loop edges) and
+   swaps the optimised poses in as one immutable snapshot.
+
+The correction a node publishes as ``map -> odom`` is :meth:`LoopCloser.map_from_odom`: the
+optimised pose of a keyframe times the inverse of its odometry pose (identity until a loop
+closes). Odometry itself never jumps: the tracker keeps tracking in the odometry frame.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+
+from ukpgan_ros.config import PipelineConfig
+from ukpgan_ros.maps import Keyframe, KeyframeMap
+from ukpgan_ros.posegraph import LOOP, Edge, GraphResult, loop_edge, optimize
+from ukpgan_ros.registration import FrameFeatures, RegistrationResult, registration_covariance
+from ukpgan_ros.transforms import rotation_angle_deg
+
+__all__ = ["LoopPolicy", "LoopCloser", "LoopSnapshot", "LoopStats", "drift_of", "agree", "AGREE_VOXELS"]
+
+Register = Callable[[FrameFeatures, FrameFeatures], RegistrationResult]
+
+# Two loops agree on the drift within this many voxels (and agree_deg): the drift between two
+# neighbouring keyframes changes by much less, a loop to the wrong place by much more.
+AGREE_VOXELS = 3.0
+
+
+@dataclass(frozen=True)
+class LoopPolicy:
+    """When a loop is looked for, what verifies it, and what it must agree with."""
+
+    enabled: bool = True
+    candidates: int = 3
+    min_fitness: float = 0.5
+    min_inliers: int = 30
+    min_separation: int = 10  # keyframes between a new keyframe and a loop candidate
+    agree_m: float = 0.15
+    agree_deg: float = 3.0
+    window: int = 3  # keyframes whose unconfirmed loops may confirm each other
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig) -> "LoopPolicy":
+        return cls(cfg.loop_closure, cfg.loop_candidates, cfg.loop_min_fitness, cfg.loop_min_inliers,
+                   cfg.loop_min_separation, AGREE_VOXELS * cfg.voxel_size)
+
+
+@dataclass(frozen=True)
+class LoopSnapshot:
+    """The latest optimisation, swapped in whole: optimised (map) and odometry poses per keyframe,
+    the loop edges accepted so far, and the correction of the newest optimised keyframe."""
+
+    map_poses: dict[int, np.ndarray] = field(default_factory=dict)
+    odom_poses: dict[int, np.ndarray] = field(default_factory=dict)
+    loops: tuple[Edge, ...] = ()
+    latest_correction: np.ndarray = field(default_factory=lambda: np.eye(4))
+    optimisations: int = 0
+
+
+@dataclass
+class LoopStats:
+    queries: int = 0
+    skipped: int = 0  # queries dropped because the worker was behind
+    verified: int = 0
+    accepted: int = 0
+    rejected_by_agreement: int = 0  # verified loops nothing confirmed within the window
+    rejected_by_kernel: int = 0  # accepted loops the last optimisation down-weighted below 0.1
+    last_error: str = ""
+    last_optimisation_s: float = 0.0
+
+
+def drift_of(pose_old: np.ndarray, T_old_from_new: np.ndarray, pose_new: np.ndarray) -> np.ndarray:
+    """The odometry drift a loop implies: where the old keyframe says the new one is, relative to
+    where odometry put it (``pose_old @ T_old_from_new @ inv(pose_new)``)."""
+    return pose_old @ T_old_from_new @ np.linalg.inv(pose_new)
+
+
+def agree(A: np.ndarray, B: np.ndarray, max_m: float, max_deg: float) -> bool:
+    """Whether two rigid transforms differ by at most ``max_m`` and ``max_deg``."""
+    d = np.linalg.inv(A) @ B
+    return float(np.linalg.norm(d[:3, 3])) <= max_m and rotation_angle_deg(d[:3, :3]) <= max_deg
+
+
+@dataclass(frozen=True)
+class _Hypothesis:
+    edge: Edge  # loop edge old -> new
+    drift: np.ndarray
+
+
+class LoopCloser:
+    """The keyframe pose graph and its worker (see the module docstring). Thread-safe for one
+    producer (the tracker) and any number of readers of :attr:`snapshot`."""
+
+    def __init__(self, policy: LoopPolicy, distance: float, sigma_floor: float = 0.0, max_queued: int = 8) -> None:
+        self.policy, self.distance, self.sigma_floor, self.max_queued = policy, distance, sigma_floor, max_queued
+        self._jobs: queue.Queue = queue.Queue()
+        self._pending_queries = 0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._generation = 0  # bumped by reset: jobs of an older generation are dropped
+        self.stats = LoopStats()
+        self.snapshot = LoopSnapshot()
+        self._clear_graph()
+
+    # ------------------------------------------------------------------ producer side (tracker)
+    @property
+    def started(self) -> bool:
+        """Whether any keyframe reached the loop closer."""
+        return self._thread is not None
+
+    def add_keyframe(self, kf: Keyframe, odometry: Edge | None, frame: FrameFeatures, live_ids: list[int],
+                     register: Register | None) -> bool:
+        """Enqueue a new keyframe ``kf`` (its pose the odometry pose): its node, its odometry edge
+        (None when it was placed without a reference) and a loop query with ``frame`` (the live
+        frame's features, dense descriptors included); ``live_ids``: the keyframes the tracker
+        still stores. Returns whether the query was enqueued (False: the worker is behind by
+        ``max_queued`` queries, or there is no register function; only the node goes in)."""
+        query = self.policy.enabled and register is not None
+        with self._lock:
+            if query and self._pending_queries >= self.max_queued:
+                query = False
+                self.stats.skipped += 1
+            if query:
+                self._pending_queries += 1
+        self._ensure_worker()
+        self._jobs.put(("keyframe", self._generation, kf, odometry, frame if query else None, list(live_ids), register))
+        return query
+
+    def transform_all(self, C: np.ndarray) -> None:
+        """Every keyframe moved by ``C`` (new_odom_from_old_odom; the tracker's set_pose)."""
+        C = np.asarray(C, np.float64).copy()
+        if self._thread is None:
+            return  # nothing in the graph yet
+        snap = self.snapshot
+        self.snapshot = LoopSnapshot({k: C @ p for k, p in snap.map_poses.items()},
+                                     {k: C @ p for k, p in snap.odom_poses.items()}, snap.loops,
+                                     C @ snap.latest_correction @ np.linalg.inv(C), snap.optimisations)
+        self._ensure_worker()
+        self._jobs.put(("transform", self._generation, C))
+
+    def reset(self) -> None:
+        """Forget the graph (queued work of before is dropped)."""
+        with self._lock:
+            self._generation += 1
+            self._pending_queries = 0
+        self.snapshot = LoopSnapshot()
+        if self._thread is None:
+            self._clear_graph()
+        else:
+            self._jobs.put(("reset", self._generation))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the queued work is done (True) or ``timeout`` seconds pass (False)."""
+        done = threading.Event()
+        self._ensure_worker()
+        self._jobs.put(("signal", self._generation, done))
+        return done.wait(timeout)
+
+    # ------------------------------------------------------------------ readers
+    def map_from_odom(self, kf_id: int | None = None) -> np.ndarray:
+        """The correction ``map_from_odom`` at keyframe ``kf_id``: its optimised pose times the
+        inverse of its odometry pose; the newest optimised keyframe's when ``kf_id`` has not been
+        optimised yet (or is None); identity before the first loop."""
+        snap = self.snapshot
+        if kf_id is not None and kf_id in snap.map_poses and kf_id in snap.odom_poses:
+            return snap.map_poses[kf_id] @ np.linalg.inv(snap.odom_poses[kf_id])
+        return snap.latest_correction.copy()
+
+    def map_pose(self, kf_id: int, odom_pose: np.ndarray) -> np.ndarray:
+        """Keyframe ``kf_id`` in the map frame (its optimised pose, or ``odom_pose`` corrected)."""
+        snap = self.snapshot
+        if kf_id in snap.map_poses:
+            return snap.map_poses[kf_id].copy()
+        return snap.latest_correction @ np.asarray(odom_pose, np.float64)
+
+    def edges(self) -> list[Edge]:
+        """Odometry and accepted loop edges so far (a copy)."""
+        with self._lock:
+            return list(self._edges)
+
+    # ------------------------------------------------------------------ worker
+    def _ensure_worker(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="ukpgan-loop-closure", daemon=True)
+            self._thread.start()
+
+    def _clear_graph(self) -> None:
+        with self._lock:
+            self._odom: dict[int, np.ndarray] = {}
+            self._edges: list[Edge] = []
+        self._store = KeyframeMap(max_keyframes=1 << 30)  # the worker's descriptor index
+        self._recent: collections.deque = collections.deque()  # (kf_id, [hypotheses])
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                kind, gen = job[0], job[1]
+                if kind == "signal":
+                    job[2].set()
+                elif kind == "reset":
+                    self._clear_graph()
+                elif gen != self._generation:
+                    continue
+                elif kind == "transform":
+                    with self._lock:
+                        self._odom = {k: job[2] @ p for k, p in self._odom.items()}
+                    self._store._frames = [replace(k, pose=job[2] @ k.pose) for k in self._store._frames]
+                elif kind == "keyframe":
+                    self._keyframe(*job[2:])
+            except Exception as e:  # a bad frame must not stop loop closure for the session
+                self.stats.last_error = f"{type(e).__name__}: {e}"
+            finally:
+                if job[0] == "keyframe" and job[4] is not None:
+                    with self._lock:
+                        self._pending_queries = max(0, self._pending_queries - 1)
+
+    def _keyframe(self, kf: Keyframe, odometry: Edge | None, frame: FrameFeatures | None, live_ids: list[int],
+                  register: Register | None) -> None:
+        kf_id, odom_pose = kf.id, kf.pose
+        with self._lock:
+            self._odom[kf_id] = odom_pose
+            if odometry is not None and odometry.i in self._odom:
+                self._edges.append(odometry)
+        live = set(live_ids)
+        store = self._store
+        store._frames = [k for k in store._frames if k.id in live] + [kf]
+        store._index = None
+        if frame is None:
+            return
+        self.stats.queries += 1
+        p = self.policy
+        near = [k.id for k in store._frames if k.id > kf_id - p.min_separation]
+        candidates = [k for k, _votes in store.candidates(frame.descriptors, p.candidates, near)]
+        hyps = [h for h in (self._verify(c, kf_id, odom_pose, frame, register) for c in candidates) if h is not None]
+        self.stats.verified += len(hyps)
+        accepted = self._agreed(kf_id, hyps)
+        self._recent.append((kf_id, [h for h in hyps if h not in accepted]))
+        while len(self._recent) > self.policy.window:
+            self.stats.rejected_by_agreement += len(self._recent.popleft()[1])  # never confirmed
+        if accepted:
+            with self._lock:
+                self._edges.extend(h.edge for h in accepted)
+            self.stats.accepted += len(accepted)
+            self._optimise(kf_id)
+
+    def _verify(self, cand, kf_id: int, odom_pose: np.ndarray, frame: FrameFeatures, register: Register
+                ) -> _Hypothesis | None:
+        if cand.id not in self._odom:
+            return None
+        try:
+            reg = register(cand.features, frame)  # T_new_from_old
+        except ValueError:
+            return None
+        p = self.policy
+        if not (reg.success and reg.fitness >= p.min_fitness and reg.num_inliers >= p.min_inliers):
+            return None
+        cov = registration_covariance(cand.features.cloud, frame.cloud, reg.T_tgt_from_src, self.distance,
+                                      self.sigma_floor)
+        edge = loop_edge(cand.id, kf_id, reg.T_tgt_from_src, cov, reg.fitness)
+        return _Hypothesis(edge, drift_of(self._odom[cand.id], edge.T_i_from_j, odom_pose))
+
+    def _agreed(self, kf_id: int, hyps: list[_Hypothesis]) -> list[_Hypothesis]:
+        """The hypotheses something independent agrees with (module docstring, step 3)."""
+        p = self.policy
+        snap = self.snapshot
+        out = []
+        others = [h for _k, hs in self._recent for h in hs]
+        for h in hyps:
+            e = h.edge
+            if e.i in snap.map_poses and e.j in snap.map_poses:
+                pred = np.linalg.inv(snap.map_poses[e.i]) @ snap.map_poses[e.j]
+                ok = agree(pred, e.T_i_from_j, p.agree_m, p.agree_deg)
+            else:
+                ok = False
+            if not ok:
+                ok = any(o.edge.i != e.i and agree(o.drift, h.drift, p.agree_m, p.agree_deg)
+                         for o in hyps + others if o is not h)
+            if ok:
+                out.append(h)
+        # a hypothesis from a previous keyframe that a new one confirms is accepted too
+        confirmed = [o for o in others if any(agree(o.drift, h.drift, p.agree_m, p.agree_deg) and o.edge.i != h.edge.i
+                                              for h in out)]
+        if confirmed:
+            for _k, hs in self._recent:
+                hs[:] = [o for o in hs if o not in confirmed]
+        return out + confirmed
+
+    def _optimise(self, kf_id: int) -> None:
+        with self._lock:
+            odom, edges = dict(self._odom), list(self._edges)
+        snap = self.snapshot
+        guess = {k: snap.map_poses[k] if k in snap.map_poses else snap.latest_correction @ p for k, p in odom.items()}
+        res: GraphResult = optimize(guess, edges, fixed=min(odom))
+        self.stats.last_optimisation_s = res.seconds
+        self.stats.rejected_by_kernel = len(res.rejected)
+        newest = max(res.poses)
+        self.snapshot = LoopSnapshot(res.poses, odom, tuple(e for e in edges if e.kind == LOOP),
+                                     res.poses[newest] @ np.linalg.inv(odom[newest]), snap.optimisations + 1)
