@@ -15,8 +15,10 @@ tracker's store still holds); that only enqueues. One worker thread then, in ord
 3. accepts a verified loop only if something independent agrees with it: another verified loop
    (from this keyframe or one of the last ``window`` keyframes, against another keyframe) that
    implies the same odometry drift ``D = pose_old @ T_old_from_new @ inv(pose_new)`` within
-   ``agree_m`` / ``agree_deg``, or the graph as optimised so far, which predicts the loop's
-   relative pose within those bounds;
+   ``agree_m`` / ``agree_deg``; or the graph as optimised so far, which predicts the loop's
+   relative pose within those bounds; or odometry itself: the drift ``D`` is no larger than
+   odometry can have gathered over the path between the two keyframes (``drift_per_m`` and
+   ``drift_deg_per_m`` of it, plus ``agree_m`` / ``agree_deg``);
 4. optimises the graph (:func:`ukpgan_ros.posegraph.optimize`, Cauchy kernel on loop edges) and
    swaps the optimised poses in as one immutable snapshot.
 
@@ -41,7 +43,8 @@ from ukpgan_ros.posegraph import LOOP, Edge, GraphResult, loop_edge, optimize
 from ukpgan_ros.registration import FrameFeatures, RegistrationResult, registration_covariance
 from ukpgan_ros.transforms import rotation_angle_deg
 
-__all__ = ["LoopPolicy", "LoopCloser", "LoopSnapshot", "LoopStats", "drift_of", "agree", "AGREE_VOXELS"]
+__all__ = ["LoopPolicy", "LoopCloser", "LoopSnapshot", "LoopStats", "MergeReport", "drift_of", "agree", "merge_maps",
+           "chain_edges", "AGREE_VOXELS"]
 
 Register = Callable[[FrameFeatures, FrameFeatures], RegistrationResult]
 
@@ -62,6 +65,8 @@ class LoopPolicy:
     agree_m: float = 0.15
     agree_deg: float = 3.0
     window: int = 3  # keyframes whose unconfirmed loops may confirm each other
+    drift_per_m: float = 0.1  # odometry drift a lone loop may imply, per metre of path between its keyframes
+    drift_deg_per_m: float = 2.0
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> "LoopPolicy":
@@ -212,7 +217,8 @@ class LoopCloser:
         with self._lock:
             self._odom: dict[int, np.ndarray] = {}
             self._edges: list[Edge] = []
-        self._store = KeyframeMap(max_keyframes=1 << 30)  # the worker's descriptor index
+        self._path: dict[int, float] = {}  # odometry path length from the graph's start to each keyframe [m]
+        self._store = KeyframeMap(max_keyframes=1 << 30)  # the worker's keyframes (for descriptor votes)
         self._recent: collections.deque = collections.deque()  # (kf_id, [hypotheses])
 
     def _run(self) -> None:
@@ -246,6 +252,8 @@ class LoopCloser:
             self._odom[kf_id] = odom_pose
             if odometry is not None and odometry.i in self._odom:
                 self._edges.append(odometry)
+        self._path[kf_id] = (self._path.get(odometry.i, 0.0) + float(np.linalg.norm(odometry.T_i_from_j[:3, 3]))
+                             if odometry is not None else max(self._path.values(), default=0.0))
         live = set(live_ids)
         store = self._store
         store._frames = [k for k in store._frames if k.id in live] + [kf]
@@ -254,8 +262,9 @@ class LoopCloser:
             return
         self.stats.queries += 1
         p = self.policy
-        near = [k.id for k in store._frames if k.id > kf_id - p.min_separation]
-        candidates = [k for k, _votes in store.candidates(frame.descriptors, p.candidates, near)]
+        # votes among the old keyframes only: the new one and its neighbours would take them all
+        old = KeyframeMap(max_keyframes=1 << 30, _frames=[k for k in store._frames if k.id <= kf_id - p.min_separation])
+        candidates = [k for k, _votes in old.candidates(frame.descriptors, p.candidates)]
         hyps = [h for h in (self._verify(c, kf_id, odom_pose, frame, register) for c in candidates) if h is not None]
         self.stats.verified += len(hyps)
         accepted = self._agreed(kf_id, hyps)
@@ -300,6 +309,9 @@ class LoopCloser:
             if not ok:
                 ok = any(o.edge.i != e.i and agree(o.drift, h.drift, p.agree_m, p.agree_deg)
                          for o in hyps + others if o is not h)
+            if not ok:
+                path = abs(self._path.get(e.j, 0.0) - self._path.get(e.i, 0.0))
+                ok = agree(np.eye(4), h.drift, p.agree_m + p.drift_per_m * path, p.agree_deg + p.drift_deg_per_m * path)
             if ok:
                 out.append(h)
         # a hypothesis from a previous keyframe that a new one confirms is accepted too
@@ -321,3 +333,114 @@ class LoopCloser:
         newest = max(res.poses)
         self.snapshot = LoopSnapshot(res.poses, odom, tuple(e for e in edges if e.kind == LOOP),
                                      res.poses[newest] @ np.linalg.inv(odom[newest]), snap.optimisations + 1)
+
+
+# ----------------------------------------------------------------------------- merging maps
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """How two maps were joined: the transform found, the keyframe pairs that agreed on it, and
+    what the optimisation did."""
+
+    T_a_from_b: np.ndarray  # (4, 4) map A from map B, before the joint optimisation
+    pairs: tuple[tuple[int, int], ...]  # (keyframe of A, keyframe of B, B's id in the merged map)
+    tried: int  # registrations run
+    verified: int  # of those, verified
+    id_offset: int  # B's keyframe k is k + id_offset in the merged map
+    rejected_by_kernel: int
+    seconds: float
+
+
+def chain_edges(kmap: KeyframeMap, min_variance: float = 1e-6) -> list[Edge]:
+    """Odometry-like edges between consecutive keyframes (by id) of a map that stores none (a
+    version 1 map, or one built without loop closure): each measures the stored relative pose,
+    with the growth of the stored covariance (at least ``min_variance`` per axis) as its
+    uncertainty."""
+    from ukpgan_ros.posegraph import odometry_edge
+
+    frames = sorted(kmap, key=lambda k: k.id)
+    out = []
+    for a, b in zip(frames, frames[1:]):
+        grow = b.covariance - a.covariance
+        grow = 0.5 * (grow + grow.T)
+        w, V = np.linalg.eigh(grow)
+        grow = (V * np.maximum(w, min_variance)) @ V.T
+        out.append(odometry_edge(a.id, a.pose, b.id, b.pose, grow))
+    return out
+
+
+def merge_maps(a: KeyframeMap, b: KeyframeMap, register: Register, distance: float, sigma_floor: float = 0.0,
+               policy: LoopPolicy | None = None, min_pairs: int = 3) -> tuple[KeyframeMap, MergeReport]:
+    """Join two saved maps of one place into one map in A's frame, with no guess.
+
+    Each keyframe of B asks A's descriptor index for ``policy.candidates`` keyframes; each pair
+    is registered (``register(kf_of_a, kf_of_b)``: the pipeline's RANSAC + ICP matching keypoint
+    descriptors, as stored maps keep no dense ones) and verified (``policy.min_fitness``,
+    ``policy.min_inliers``). Each verified pair implies a map-to-map transform ``T_a_from_b``;
+    the largest set of pairs, from at least ``min_pairs`` different keyframes of B, that agree on
+    it within ``policy.agree_m`` / ``agree_deg`` wins. Then B's keyframes (ids offset past A's)
+    are moved into A's frame, the agreeing pairs become loop edges beside both maps' own edges
+    (:func:`chain_edges` for a map without any) and the graph is optimised with A's first
+    keyframe fixed. MapFormatError when the maps hold different descriptors or voxels, or when
+    too few pairs agree (the maps may not overlap).
+    """
+    import time
+
+    from ukpgan_ros.maps import MapFormatError
+    from ukpgan_ros.posegraph import optimize
+
+    t0 = time.perf_counter()
+    policy = policy or LoopPolicy()
+    for key in ("descriptor", "voxel_size"):
+        if key in a.meta and key in b.meta and a.meta[key] != b.meta[key]:
+            raise MapFormatError(f"the maps differ in {key} ({a.meta[key]} and {b.meta[key]}): they cannot be merged")
+    hyps: list[tuple[Keyframe, Keyframe, RegistrationResult, np.ndarray]] = []
+    tried = 0
+    for kb in b:
+        for ka, _votes in a.candidates(kb.features.descriptors, policy.candidates):
+            tried += 1
+            try:
+                reg = register(ka.features, kb.features)  # T_kb_from_ka
+            except ValueError:
+                continue
+            if reg.success and reg.fitness >= policy.min_fitness and reg.num_inliers >= policy.min_inliers:
+                T_ab = ka.pose @ np.linalg.inv(reg.T_tgt_from_src) @ np.linalg.inv(kb.pose)
+                hyps.append((ka, kb, reg, T_ab))
+    best: list[int] = []
+    for n, h in enumerate(hyps):
+        group = [m for m, o in enumerate(hyps) if agree(h[3], o[3], policy.agree_m, policy.agree_deg)]
+        if len({hyps[m][1].id for m in group}) > len({hyps[m][1].id for m in best}):
+            best = group
+    kbs = {hyps[m][1].id for m in best}
+    if len(kbs) < min_pairs:
+        raise MapFormatError(f"the maps do not overlap enough to merge: {len(hyps)} of {tried} keyframe pairs "
+                             f"verified, at most {len(kbs)} keyframes of the second map agree on one transform "
+                             f"(need {min_pairs})")
+    # the transform of the agreeing pair with the highest fitness places B for the optimiser
+    T_ab = max((hyps[m] for m in best), key=lambda h: h[2].fitness)[3]
+    offset = max(max(k.id for k in a) + 1, a._next_id)
+    a_edges = a.edges or chain_edges(a)
+    b_edges = [replace(e, i=e.i + offset, j=e.j + offset) for e in (b.edges or chain_edges(b))]
+    frames = list(a) + [replace(kb, id=kb.id + offset, pose=T_ab @ kb.pose, odom_pose=None,
+                                covariance=_moved(T_ab, kb.covariance)) for kb in b]
+    loops = []
+    for m in best:
+        ka, kb, reg, _T = hyps[m]
+        cov = registration_covariance(ka.features.cloud, kb.features.cloud, reg.T_tgt_from_src, distance, sigma_floor)
+        loops.append(loop_edge(ka.id, kb.id + offset, reg.T_tgt_from_src, cov, reg.fitness))
+    edges = a_edges + b_edges + loops
+    res = optimize({k.id: k.pose for k in frames}, edges, fixed=min(k.id for k in a))
+    frames = [replace(k, pose=res.poses[k.id]) for k in frames]
+    merged = KeyframeMap(max(a.max_keyframes, len(frames)), a.spacing_m, a.spacing_deg, dict(a.meta), frames,
+                         offset + b._next_id, edges=edges)
+    merged.meta.pop("origin", None)
+    report = MergeReport(T_ab, tuple((hyps[m][0].id, hyps[m][1].id) for m in best), tried, len(hyps), offset,
+                         len(res.rejected), time.perf_counter() - t0)
+    return merged, report
+
+
+def _moved(T: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    from ukpgan_ros.maps import moved_covariance
+
+    return moved_covariance(T, cov, "keyframe covariance")
