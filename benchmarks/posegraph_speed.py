@@ -101,7 +101,7 @@ def main() -> None:
         res = optimize(odom, edges, fixed=0)
         times.append(res.seconds)
     t_gtsam = float(np.median(times))
-    print(f"  GTSAM (Cauchy)     ATE {100 * ate(res.poses, truth):6.2f} cm, {1e3 * np.median(times):7.1f} ms median "
+    print(f"  GTSAM (GNC-GM)    ATE {100 * ate(res.poses, truth):6.2f} cm, {1e3 * np.median(times):7.1f} ms median "
           f"of {args.repeat}, {res.iterations} iterations, {len(res.rejected)} loop edges rejected")
     times = []
     for _ in range(args.repeat):

@@ -4,14 +4,16 @@ A node is a keyframe's pose ``map_from_keyframe``; an edge is a measured relativ
 ``T_i_from_j`` between keyframes ``i`` and ``j`` (``pose_j = pose_i @ T_i_from_j``) with its
 6x6 covariance, in ROS order (x, y, z, rx, ry, rz), as a right perturbation in keyframe ``j``'s
 frame (``T_true = T exp(e)``). Odometry edges (keyframe tracking) are trusted as Gaussian
-measurements; loop edges get a Cauchy kernel on their whitened residual, so a wrong loop that
-passed verification is down-weighted instead of bending the map.
+measurements; loop edges get a robust (Geman-McClure) kernel on their covariance-weighted
+residual, reached by graduated non-convexity, so a wrong loop that passed verification is
+down-weighted instead of bending the map, while a true loop far from the drifted guess still
+closes.
 
 Why GTSAM (``gtsam==4.3.0``): a robust kernel on a covariance-weighted residual is what a loop
-edge needs, and Levenberg-Marquardt on 200 keyframes takes milliseconds
-(``benchmarks/posegraph_speed.py`` prints both libraries on the same graph). Open3D's
-``global_optimization`` weights loop edges by a line process scaled by the mean point count of
-the information matrices, which covariance-derived information does not fit.
+edge needs (and GNC makes it safe from a drifted start), and Levenberg-Marquardt on 200
+keyframes takes milliseconds (``benchmarks/posegraph_speed.py`` prints both libraries on the
+same graph). Open3D's ``global_optimization`` weights loop edges by a line process scaled by the
+mean point count of the information matrices, which covariance-derived information does not fit.
 
 Everything here is a pure function of poses, edges and covariances (metres, radians).
 """
@@ -26,12 +28,12 @@ import numpy as np
 
 from ukpgan_ros.transforms import adjoint
 
-__all__ = ["Edge", "GraphResult", "odometry_edge", "loop_edge", "optimize", "CAUCHY_WIDTH", "ODOMETRY", "LOOP"]
+__all__ = ["Edge", "GraphResult", "odometry_edge", "loop_edge", "optimize", "INLIER_PROBABILITY", "ODOMETRY", "LOOP"]
 
 ODOMETRY, LOOP = "odometry", "loop"
-# Cauchy kernel width on a loop edge's whitened residual (units of its standard deviation): a
-# residual of 3 sigma keeps half its weight, one of 30 sigma about 1 %.
-CAUCHY_WIDTH = 3.0
+# The chi-square quantile (6 dof) of a loop edge's residual that the robust kernel still counts
+# as an inlier.
+INLIER_PROBABILITY = 0.99
 # A loop edge whose final kernel weight is below this counts as rejected.
 REJECTED_WEIGHT = 0.1
 # Variances no edge goes below (m^2 and rad^2): a covariance of zero is no measurement model.
@@ -116,13 +118,18 @@ def _anchors(ids: Sequence[int], edges: Sequence[Edge], fixed: int | None) -> li
 
 
 def optimize(poses: Mapping[int, np.ndarray], edges: Sequence[Edge], fixed: int | None = None,
-             cauchy_width: float = CAUCHY_WIDTH, max_iterations: int = 100) -> GraphResult:
+             robust: bool = True, inlier_probability: float = INLIER_PROBABILITY,
+             max_iterations: int = 100) -> GraphResult:
     """Optimise ``poses`` (id -> 4x4, the initial guess, e.g. odometry) under ``edges``.
 
     ``fixed`` (default: the smallest id) keeps its pose, as does the smallest id of every other
     connected component (a graph cut in two by a set_pose keeps both parts where they are).
-    Edges naming an unknown pose are ValueError. Loop edges carry a Cauchy kernel of
-    ``cauchy_width`` standard deviations.
+    Edges naming an unknown pose are ValueError. With ``robust`` (and any loop edge), loop edges
+    get a Geman-McClure kernel by graduated non-convexity (GTSAM's GncLMOptimizer: the kernel
+    starts convex, so a true loop far from the odometry guess still pulls, and turns robust, so
+    a loop that disagrees with the rest ends with a weight near 0); odometry edges and anchors
+    are known inliers. ``inlier_probability`` sets the kernel's scale (the chi-square quantile
+    of a 6-dof residual that still counts as an inlier).
     """
     import gtsam
 
@@ -133,31 +140,37 @@ def optimize(poses: Mapping[int, np.ndarray], edges: Sequence[Edge], fixed: int 
     for e in edges:
         if e.i not in poses or e.j not in poses:
             raise ValueError(f"edge {e.i} -> {e.j}: names a keyframe the graph does not hold")
+    if fixed is not None and fixed not in poses:
+        raise ValueError(f"fixed keyframe {fixed}: not in the graph")
     graph, values = gtsam.NonlinearFactorGraph(), gtsam.Values()
     for k in ids:
         values.insert(k, gtsam.Pose3(np.asarray(poses[k], np.float64)))
-    if fixed is not None and fixed not in poses:
-        raise ValueError(f"fixed keyframe {fixed}: not in the graph")
-    anchors = _anchors(ids, edges, fixed)
     tight = gtsam.noiseModel.Isotropic.Sigma(6, 1e-6)
-    for a in anchors:
+    known = []
+    for a in _anchors(ids, edges, fixed):
+        known.append(graph.size())
         graph.add(gtsam.PriorFactorPose3(a, gtsam.Pose3(np.asarray(poses[a], np.float64)), tight))
-    kernel = gtsam.noiseModel.mEstimator.Cauchy.Create(cauchy_width)
     loops = []
     for e in edges:
-        noise = _noise(e.covariance)
-        if e.kind == LOOP:
-            noise = gtsam.noiseModel.Robust.Create(kernel, noise)
-            loops.append((graph.size(), e))
-        graph.add(gtsam.BetweenFactorPose3(e.i, e.j, gtsam.Pose3(np.asarray(e.T_i_from_j, np.float64)), noise))
-    params = gtsam.LevenbergMarquardtParams()
-    params.setMaxIterations(max_iterations)
-    opt = gtsam.LevenbergMarquardtOptimizer(graph, values, params)
-    result = opt.optimize()
-    weights = {}
-    for idx, e in loops:
-        f = graph.at(idx)
-        r = float(np.linalg.norm(_noise(e.covariance).whiten(f.unwhitenedError(result))))
-        weights[(e.i, e.j)] = 1.0 / (1.0 + (r / cauchy_width) ** 2)
+        (loops if e.kind == LOOP else known).append(graph.size())
+        graph.add(gtsam.BetweenFactorPose3(e.i, e.j, gtsam.Pose3(np.asarray(e.T_i_from_j, np.float64)),
+                                           _noise(e.covariance)))
+    lm = gtsam.LevenbergMarquardtParams()
+    lm.setMaxIterations(max_iterations)
+    if robust and loops:
+        params = gtsam.GncLMParams(lm)
+        params.setLossType(gtsam.GncLossType.GM)
+        params.setKnownInliers(known)
+        opt = gtsam.GncLMOptimizer(graph, values, params)
+        opt.setInlierCostThresholdsAtProbability(inlier_probability)
+        result = opt.optimize()
+        w = np.asarray(opt.getWeights(), np.float64)
+        iterations = -1
+    else:
+        opt = gtsam.LevenbergMarquardtOptimizer(graph, values, lm)
+        result = opt.optimize()
+        w = np.ones(graph.size())
+        iterations = int(opt.iterations())
+    weights = {(e.i, e.j): float(w[idx]) for idx, e in zip(loops, [e for e in edges if e.kind == LOOP])}
     out = {k: result.atPose3(k).matrix() for k in ids}
-    return GraphResult(out, weights, time.perf_counter() - t0, int(opt.iterations()))
+    return GraphResult(out, weights, time.perf_counter() - t0, iterations)
