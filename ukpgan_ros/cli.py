@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("demo", help="run the node and a player on a depth stream and score it")
-    p.add_argument("--data", default="synthetic", help="'synthetic' (default), 'synthetic_lidar', a 7-Scenes/TUM, KITTI "
+    p.add_argument("--data", default="synthetic", help="'synthetic' (default), 'synthetic_loop', 'synthetic_lidar', "
+                                                            "'synthetic_lidar_loop', a 7-Scenes/TUM, KITTI "
                                                             "or PCD/PLY scan folder, or a bag")
     p.add_argument("--frames", type=int, default=0, help="frames of the sequence to cover (0: all)")
     p.add_argument("--start", type=int, default=0, help="first frame covered")
@@ -302,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the K frames that follow the middle of the covered ones, once (a kidnapped sensor)")
     p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
                    help="in an odometry mode, also run the other one (keyframe / consecutive) and compare drift")
+    p.add_argument("--there-and-back", action="store_true",
+                   help="play the covered frames forward on the even ones and back on the odd ones (a loop to close); "
+                        "the final drift is then the pose at the return against the start")
     p.add_argument("--input", choices=("cloud", "depth"), default="cloud", help="publish clouds or depth images")
     p.add_argument("--out", default="out/demo", help="folder for the trajectory plot and CSV")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one frame's result")
