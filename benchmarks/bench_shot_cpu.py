@@ -1,7 +1,7 @@
 """Time the numba SHOT kernel (``features/shot_cpu``) against torch ``compute_shot`` on CPU.
 
-Every point of the cloud is described with all points as the surface, radius 6 x voxel (the
-pipeline's SHOT_RADIUS_VOXELS), on 7-Scenes depth frames and on 3DMatch ``cloud_bin_0``, each
+Every point of the cloud is described with all points as the surface, the pipeline's SHOT radius
+(6 x voxel, from the descriptor registry), on 7-Scenes depth frames and on 3DMatch ``cloud_bin_0``, each
 voxelised at 5 cm and 2.5 cm with Open3D normals (the pipeline's ``make_working_cloud``; not
 timed). Both implementations run alternately on the same cloud, so a change in the machine's
 load hits both: the ratio of the medians (torch / numba) is the number to read on a shared
@@ -65,6 +65,7 @@ def main() -> None:
 
     import torch
 
+    from ukpgan_ros.features.registry import descriptor
     from ukpgan_ros.features.shot_cpu import shot_cpu, warmup
 
     from ukpgan_ros.features.shot import compute_shot
@@ -88,7 +89,7 @@ def main() -> None:
     print(head)
     print("-" * len(head))
     for name, voxel, clouds in cases:
-        radius = 6 * voxel
+        radius = descriptor("shot").radius(voxel)
         t_torch, t_numba, t_one = [], [], []
         for pts, nrm in clouds:
             compute_shot(pts, radius, nrm)

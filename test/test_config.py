@@ -14,7 +14,7 @@ from ukpgan_ros.config import ConfigError, PipelineConfig, StreamConfig
 def test_defaults_are_valid_and_radii_follow_the_voxel():
     cfg = PipelineConfig().validate()
     assert cfg.normal_radius == pytest.approx(2 * cfg.voxel_size)
-    assert cfg.fpfh_radius == pytest.approx(5 * cfg.voxel_size)
+    assert cfg.descriptor_radius("fpfh") == pytest.approx(5 * cfg.voxel_size)
     assert cfg.match_distance == pytest.approx(1.5 * cfg.voxel_size)
     assert cfg.effective_nms_radius == pytest.approx(1.5 * cfg.voxel_size)
     assert PipelineConfig(nms_radius=0.3).effective_nms_radius == 0.3

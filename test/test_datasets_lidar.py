@@ -242,7 +242,7 @@ def test_scan_folder_errors_and_organized_pcd_with_holes(tmp_path):
 
 def test_lidar_sequences_record_to_a_bag_and_read_back(tmp_path):
     pytest.importorskip("rosbags")
-    from ukpgan_ros.bags import record_sequence
+    from ukpgan_ros.bags.record import record_sequence
     from ukpgan_ros.datasets.bag import BagSequence
 
     make_kitti(tmp_path / "k", n=3)

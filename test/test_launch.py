@@ -231,6 +231,22 @@ sys.exit(ls.run())
 """
 
 
+def _stop(proc, ex, node, ctx) -> str:
+    """Shut the probe down, SIGINT the launch (as Ctrl-C would) and return what it printed."""
+    import rclpy
+
+    ex.shutdown()
+    node.destroy_node()
+    rclpy.try_shutdown(context=ctx)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out
+
+
 def test_launch_brings_detector_to_active_and_publishes(tmp_path):
     _real_launch()
     import rclpy
@@ -279,15 +295,7 @@ def test_launch_brings_detector_to_active_and_publishes(tmp_path):
         assert state == State.PRIMARY_STATE_INACTIVE, "configure by hand must not be followed by an activate"
         assert call(change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_ACTIVATE))).success
     finally:
-        ex.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+        out = _stop(proc, ex, node, ctx)
     assert len(got) >= 2, f"no keypoints from the launched detector; launch output:\n{out[-4000:]}"
     assert got[-1].width == 64
     assert "active" in out and "shut down" in out, out[-4000:]
@@ -341,15 +349,7 @@ def test_two_sensors_side_by_side_keep_tf_and_diagnostics_apart(tmp_path):
                 min(len(v) for v in got.values()) < 3 or len(pairs) < want_pairs or len(names) < 2):
             ex.spin_once(timeout_sec=0.2)
     finally:
-        ex.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+        out = _stop(proc, ex, node, ctx)
     assert all(len(v) >= 3 for v in got.values()), f"{ {k: len(v) for k, v in got.items()} }\n{out[-4000:]}"
     if TFMessage is not None:
         assert {("cam1/odom", "cam1/camera_depth_optical_frame"),

@@ -25,6 +25,7 @@ from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField  # noqa: E402
@@ -159,7 +160,8 @@ def test_lifecycle_services_drive_every_transition(harness_factory):
     for tid, expected in steps:
         assert h.transition(tid), f"transition {tid} refused"
         assert h.state() == expected
-    assert h.node._pipeline is None and not h.node._subs, "shutdown must release the pipeline and subscriptions"
+    assert h.node._pipeline is None and h.node._input is None and h.node._worker is None, \
+        "shutdown must release the pipeline, the input subscriptions and the worker"
 
 
 def test_clouds_in_keypoints_transforms_pose_and_diagnostics_out(harness_factory, frames):
@@ -384,7 +386,7 @@ def test_best_effort_publisher_is_matched_automatically(harness_factory, frames)
     time.sleep(0.5)
     pub.publish(_cloud(frames[0], 1.0))
     assert len(h.wait("keypoints", 1, timeout=20)) == 1
-    assert h.node._reliability == ReliabilityPolicy.BEST_EFFORT
+    assert h.node._input.reliability == ReliabilityPolicy.BEST_EFFORT
 
 
 def test_stale_frames_are_dropped_not_queued(harness_factory, frames):
@@ -681,3 +683,263 @@ def test_reference_mode_with_a_saved_map_and_bad_map_folders(harness_factory, fr
     h.initialpose.publish(_pose_msg(np.eye(4)))  # nothing to set in reference mode: logged, no crash
     time.sleep(0.3)
     assert h.state() == State.PRIMARY_STATE_ACTIVE
+
+
+# ---------------------------------------------------------------------------- nothing from outside stops the node
+
+OUTCOMES = ("processed", "dropped", "malformed", "errors", "unpaired", "in_flight")
+
+
+def _adds_up(snap: dict) -> bool:
+    return snap["received"] == sum(snap.get(k, 0) for k in OUTCOMES)
+
+
+def _ended(snap: dict) -> int:
+    """Frames that ended in an outcome (not in flight)."""
+    return sum(snap.get(k, 0) for k in OUTCOMES if k != "in_flight")
+
+
+def _settled(h: Harness, n: int, timeout: float = 30.0) -> dict:
+    """The counters once ``n`` frames were received and every one ended in an outcome."""
+    deadline = time.monotonic() + timeout
+    snap = h.node.diagnostics_snapshot()
+    while (snap["received"] < n or _ended(snap) < snap["received"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        snap = h.node.diagnostics_snapshot()
+    return snap
+
+
+def _worker_thread(node) -> threading.Thread:
+    return getattr(node._worker, "_thread", node._worker)
+
+
+def test_input_adapters_cover_every_input_choice():
+    from ukpgan_ros.config import StreamConfig
+    from ukpgan_ros.ros.inputs import INPUTS, InputAdapter
+
+    choices = StreamConfig.__dataclass_fields__["input"].metadata["choices"]
+    assert set(INPUTS) == set(choices)
+    assert all(issubclass(cls, InputAdapter) and cls.topic for cls in INPUTS.values())
+
+
+def test_a_huge_initialpose_never_stops_the_worker(harness_factory, frames):
+    """Defect A: a finite but huge initialpose (1e160 m) while tracking overflowed the covariance
+    and building the odometry raised outside the per-frame handling: the worker died, later
+    frames were never processed and /diagnostics still said ok. Now every frame ends in a
+    counter (processed, or an error with its reason and ERROR on /diagnostics) and the node
+    goes on; reset brings the trajectory back."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    h = harness_factory(TRACK)
+    assert h.transition(Transition.TRANSITION_CONFIGURE) and h.transition(Transition.TRANSITION_ACTIVATE)
+    pub = h.publisher(PointCloud2, "/cloud_in")
+    time.sleep(0.5)
+    _feed(h, pub, frames[0], 1.0, 1)
+    _feed(h, pub, frames[1], 2.0, 2)
+    huge = np.eye(4)
+    huge[:3, 3] = 1e160
+    h.initialpose.publish(_pose_msg(huge))
+    time.sleep(0.5)
+    for k in range(3):
+        pub.publish(_cloud(frames[2 - k % 2], 3.0 + k))
+        snap = _settled(h, 3 + k)
+        assert snap["received"] == 3 + k and _ended(snap) == 3 + k, f"frame {3 + k} was never finished: {snap}"
+        assert _adds_up(snap), snap
+    assert _worker_thread(h.node).is_alive() and snap["worker_restarts"] == 0
+    values = _diag(h, "errors", str(snap["errors"]))
+    if snap["errors"]:
+        assert values["_level"] == DiagnosticStatus.ERROR and "failed in a row" in values["_message"], values
+        assert "covariance" in values["_message"] or "Error" in values["_message"], values
+    else:  # the pipeline refused the pose
+        assert snap["processed"] == 5
+    assert h.call("reset").success
+    _feed(h, pub, frames[0], 9.0, 6)
+    odo = h.wait("odometry", 3)
+    np.testing.assert_allclose(_odom_matrix(odo[-1]), np.eye(4), atol=1e-9)
+    assert _diag(h, "frames_processed", str(snap["processed"] + 1))["_level"] != DiagnosticStatus.ERROR
+    assert h.state() == State.PRIMARY_STATE_ACTIVE
+
+
+def test_save_map_into_a_symlink_loop_answers_false_and_the_node_lives(harness_factory, frames, tmp_path):
+    """Defect B: a map_dir that is a symlink loop raised RuntimeError out of the service
+    callback, which took the executor (and the node process) down."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(loop)
+    h = harness_factory({**TRACK, "map_dir": str(loop / "map")})
+    assert h.transition(Transition.TRANSITION_CONFIGURE) and h.transition(Transition.TRANSITION_ACTIVATE)
+    pub = h.publisher(PointCloud2, "/cloud_in")
+    time.sleep(0.5)
+    _feed(h, pub, frames[0], 1.0, 1)
+    _feed(h, pub, frames[1], 2.0, 2)
+    r = h.call("save_map", timeout=30)
+    assert not r.success and r.message.startswith("save_map failed:"), r.message
+    assert h.state() == State.PRIMARY_STATE_ACTIVE
+    _feed(h, pub, frames[2], 3.0, 3)
+    assert len(h.wait("keypoints", 3)) == 3, "the node stopped serving after the failed save_map"
+    assert h.node.set_parameters([Parameter("map_dir", value=str(tmp_path / "ok"))])[0].successful
+    r = h.call("save_map", timeout=30)  # map_dir is live: the queued change applies before it
+    assert r.success and str(tmp_path / "ok") in r.message, r.message
+
+
+def _big_cloud(n: int = 3_000_000) -> PointCloud2:
+    """A real, big cloud: n points filling a 4 x 3 x 4 m room in front of the sensor."""
+    rng = np.random.default_rng(7)
+    pts = rng.random((n, 3), dtype=np.float32) * np.float32([4, 3, 4]) + np.float32([-2, -1.5, 0.5])
+    return xyz_to_pointcloud2(pts, frame_id="cam", stamp=1.0)
+
+
+def _round_trip(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def test_services_lifecycle_and_diagnostics_answer_within_100ms_during_a_long_frame(harness_factory):
+    """Defect C: ~/reset during a long frame waited for the worker's lock, blocking the node's
+    callbacks (get_state, diagnostics, other services) for the whole frame. A 3 M-point cloud at
+    4 cm voxels takes seconds; every request made meanwhile answers within 100 ms (measured as
+    the service round trip from another node) and is applied before the next frame."""
+    h = harness_factory({**FAST, "voxel_size": 0.04, "max_range": 10.0, "registration": "none",
+                         "diagnostics_period": 0.05})
+    assert h.transition(Transition.TRANSITION_CONFIGURE) and h.transition(Transition.TRANSITION_ACTIVATE)
+    pub = h.publisher(PointCloud2, "/cloud_in")
+    time.sleep(0.5)
+    pub.publish(_big_cloud())
+    deadline = time.monotonic() + 30
+    while h.node.diagnostics_snapshot()["received"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.2)  # the worker is inside the frame now
+    diag_before = len(h.got["diagnostics"])
+    times = {
+        "reset": _round_trip(lambda: h.call("reset")),
+        "get_state": _round_trip(h.state),
+        "set_parameters": _round_trip(lambda: h.node.set_parameters([Parameter("max_keypoints", value=20)])),
+        "reset_again": _round_trip(lambda: h.call("reset")),
+    }
+    snap = h.node.diagnostics_snapshot()
+    during = snap["received"] == 1 and _ended(snap) == 0
+    time.sleep(0.3)
+    assert len(h.got["diagnostics"]) > diag_before, "/diagnostics stalled during the frame"
+    snap = h.wait_processed(1)
+    print("round trips during the frame:", {k: f"{1e3 * v:.1f} ms" for k, v in times.items()},
+          f"frame {snap.get('latency_ms', 0):.0f} ms")
+    assert max(times.values()) < 0.1, {k: f"{1e3 * v:.0f} ms" for k, v in times.items()}
+    assert during, f"the requests were not made during the frame (it ended too soon: {snap})"
+    assert snap["processed"] == 1 and snap.get("latency_ms", 0) > 1000, f"the frame was not long: {snap}"
+    # the queued parameter change applies to the next frame
+    pub.publish(_cloud_small())
+    assert h.wait("keypoints", 2)[-1].width == 20
+
+
+def _cloud_small() -> PointCloud2:
+    from ukpgan_ros.datasets.synthetic import SyntheticSequence
+
+    return xyz_to_pointcloud2(SyntheticSequence(num_frames=1, width=160, height=120, fx=131.25, seed=1)[0].points(),
+                              frame_id="cam", stamp=2.0)
+
+
+def test_a_worker_thread_that_dies_is_reported_and_restarted(harness_factory, frames):
+    """The worker killed from outside (an asynchronous SystemExit raised in its thread, as a
+    library calling sys.exit would): /diagnostics says ERROR with the reason, the thread is
+    started again and the next frame is processed; the counters still add up."""
+    import ctypes
+
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    h = harness_factory({**FAST, "registration": "none", "diagnostics_period": 0.1})
+    assert h.transition(Transition.TRANSITION_CONFIGURE) and h.transition(Transition.TRANSITION_ACTIVATE)
+    pub = h.publisher(PointCloud2, "/cloud_in")
+    time.sleep(0.5)
+    _feed(h, pub, frames[0], 1.0, 1)
+    thread = _worker_thread(h.node)
+    assert ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(SystemExit)) == 1
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    values = _diag(h, "worker_restarts", "1")
+    assert values["_level"] == DiagnosticStatus.ERROR and "worker thread died (SystemExit)" in values["_message"], values
+    assert _worker_thread(h.node).is_alive()
+    _feed(h, pub, frames[1], 2.0, 2)
+    assert len(h.wait("keypoints", 2)) == 2
+    snap = _settled(h, 2)
+    assert snap["processed"] == 2 and snap["worker_restarts"] == 1 and _adds_up(snap)
+    assert _diag(h, "frames_processed", "2")["_level"] != DiagnosticStatus.ERROR
+
+
+def test_a_frame_whose_publishing_fails_is_a_counted_error_and_the_node_goes_on(harness_factory, frames):
+    """Anything a frame raises after processing (here a real publisher destroyed under the node:
+    rclpy raises InvalidHandle on publish) is an error with its reason, ERROR on /diagnostics
+    while it repeats; the worker lives, the counters add up, and once the publishers are made
+    again (cleanup, configure) frames are processed and /diagnostics recovers."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    h = harness_factory({**FAST, "registration": "none", "diagnostics_period": 0.1})
+    assert h.transition(Transition.TRANSITION_CONFIGURE) and h.transition(Transition.TRANSITION_ACTIVATE)
+    pub = h.publisher(PointCloud2, "/cloud_in")
+    time.sleep(0.5)
+    _feed(h, pub, frames[0], 1.0, 1)
+    h.node.destroy_lifecycle_publisher(h.node._pubs["markers"])
+    for k in range(2):
+        pub.publish(_cloud(frames[1 + k], 2.0 + k))
+        snap = _settled(h, 2 + k)
+        assert _ended(snap) == 2 + k and _adds_up(snap), snap
+    assert (snap["processed"], snap["errors"]) == (1, 2) and _worker_thread(h.node).is_alive()
+    values = _diag(h, "errors", "2")
+    assert values["_level"] == DiagnosticStatus.ERROR, values
+    assert values["_message"].startswith("2 frame(s) failed in a row; last: error: InvalidHandle"), values
+    h.node._pubs.pop("markers")  # cleanup must not destroy it twice
+    assert h.transition(Transition.TRANSITION_DEACTIVATE) and h.transition(Transition.TRANSITION_CLEANUP)
+    assert h.transition(Transition.TRANSITION_CONFIGURE) and h.transition(Transition.TRANSITION_ACTIVATE)
+    time.sleep(0.5)
+    pub.publish(_cloud(frames[0], 9.0))
+    snap = _settled(h, 1)
+    assert (snap["processed"], snap["errors"]) == (1, 0) and _adds_up(snap)
+    assert _diag(h, "frames_processed", "1")["_level"] != DiagnosticStatus.ERROR
+
+
+def test_two_sensors_side_by_side_keep_frames_and_diagnostics_apart(frames):
+    """Two detectors in their own namespaces (as one launch with a sensors list starts them):
+    each answers its own input, publishes odometry in its own odom frame (what /tf carries too),
+    and reports on /diagnostics under its own name."""
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=ros_domain(5))
+    nodes, got = [], {"cam1": [], "cam2": []}
+    names: set[str] = set()
+    probe = rclpy.create_node("probe_two", context=ctx)
+    ex = MultiThreadedExecutor(num_threads=3, context=ctx)
+    try:
+        for ns in got:
+            params = {**FAST, "registration": "consecutive", "odom_frame": f"{ns}/odom", "diagnostics_period": 0.2}
+            node = UkpganDetectorNode("ukpgan_detector", namespace=ns, context=ctx,
+                                      parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+            nodes.append(node)
+            ex.add_node(node)
+            probe.create_subscription(Odometry, f"/{ns}/ukpgan_detector/odometry", got[ns].append, 10)
+        probe.create_subscription(DiagnosticArray, "/diagnostics", lambda m: names.update(s.name for s in m.status), 50)
+        pubs = {ns: probe.create_publisher(PointCloud2, f"/{ns}/cloud_in", 5) for ns in got}
+        ex.add_node(probe)
+        threading.Thread(target=ex.spin, daemon=True).start()
+        for node in nodes:
+            assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        time.sleep(0.5)
+        for i, f in enumerate(frames[:2]):
+            for ns, pub in pubs.items():
+                pub.publish(_cloud(f, 10.0 + i, frame_id=f"{ns}/camera_depth_optical_frame"))
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and min(len(v) for v in got.values()) < i + 1:
+                time.sleep(0.02)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(names) < 2:
+            time.sleep(0.05)
+    finally:
+        ex.shutdown()
+        for node in nodes:
+            node.destroy_node()
+        probe.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+    for ns, odo in got.items():
+        assert len(odo) == 2, ns
+        assert {(o.header.frame_id, o.child_frame_id) for o in odo} == {(f"{ns}/odom", f"{ns}/camera_depth_optical_frame")}
+    assert {"/cam1/ukpgan_detector: keypoints and registration",
+            "/cam2/ukpgan_detector: keypoints and registration"} <= names, names

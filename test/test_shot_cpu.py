@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import DATA, ROOT, SHARED, need
-from ukpgan_ros.features.shot_cpu import SHOT_DIM, ShotResult, normals_cpu, shot_cpu, warmup
+from ukpgan_ros.features.normals_cpu import normals_cpu
+from ukpgan_ros.features.shot_cpu import SHOT_DIM, ShotResult, shot_cpu, warmup
 
 from ukpgan_ros.features.normals import estimate_normals_torch as estimate_normals
 from ukpgan_ros.features.shot import compute_shot
@@ -234,7 +235,7 @@ def test_copies_of_the_query_point_change_nothing(surface):
 
 def test_grid_with_binary_search_gives_the_same_result(surface, monkeypatch):
     """Clouds too sparse for a dense table of cells take the sorted-keys path."""
-    import ukpgan_ros.features.shot_cpu as mod
+    import ukpgan_ros.features._grid as mod
 
     pts, nrm = surface
     a = shot_cpu(pts, nrm, 0.12)
@@ -373,8 +374,23 @@ def test_normals_orientation_few_neighbours_and_bad_input(surface):
 
 
 def test_import_is_cheap_and_warmup_compiles():
-    code = ("import sys, ukpgan_ros.features.shot_cpu as m; "
+    code = ("import sys, ukpgan_ros.features.shot_cpu as m, ukpgan_ros.features.normals_cpu; "
             "assert 'numba' not in sys.modules and 'torch' not in sys.modules; "
             "m.warmup(); assert 'numba' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
     warmup()
+
+
+def test_cached_kernels_are_keyed_on_the_helper_files_they_compile():
+    """numba stamps a cache entry with the kernel's own file only; ours also with ``_grid.py`` and
+    ``_eig3.py`` (the helpers compiled into them), so editing a helper recompiles its callers
+    instead of loading stale machine code."""
+    from ukpgan_ros.features import _eig3, _grid
+    from ukpgan_ros.features import normals_cpu as nc
+    from ukpgan_ros.features import shot_cpu as sc
+
+    warmup()
+    for mod, kernel in ((sc, sc._shot_block), (nc, nc._normals_block)):
+        locator = kernel._cache._impl.locator  # numba internals: what stamps the cache entry
+        assert set(locator._files) == {mod.__file__, _grid.__file__, _eig3.__file__}
+        assert len(locator.get_source_stamp()) == 3

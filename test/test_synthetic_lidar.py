@@ -12,14 +12,10 @@ import numpy as np
 import pytest
 
 from ukpgan_ros.datasets import has_depth, open_sequence
-from ukpgan_ros.datasets.synthetic_lidar import (
-    MOTIONS,
-    SyntheticLidarSequence,
-    _cylinder,
-    _slab,
-    _sphere,
-    beam_elevations_deg,
-)
+from ukpgan_ros.datasets.street_scene import ray_box as _slab
+from ukpgan_ros.datasets.street_scene import ray_cylinder as _cylinder
+from ukpgan_ros.datasets.street_scene import ray_sphere as _sphere
+from ukpgan_ros.datasets.synthetic_lidar import MOTIONS, SyntheticLidarSequence, beam_elevations_deg
 
 
 def scene_distance(seq: SyntheticLidarSequence, world: np.ndarray) -> np.ndarray:

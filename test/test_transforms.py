@@ -13,10 +13,7 @@ from ukpgan_ros.transforms import (MAX_TRANSLATION_M, adjoint, check_covariance,
 
 
 def _random_T(rng):
-    T = np.eye(4)
-    T[:3, :3] = Rotation.random(random_state=rng).as_matrix()
-    T[:3, 3] = rng.normal(size=3)
-    return T
+    return matrix_from_translation_quaternion(rng.normal(size=3), Rotation.random(random_state=rng).as_quat())
 
 
 def test_quaternion_round_trip_and_canonical_sign():

@@ -11,25 +11,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ukpgan_ros.features.registry import DESCRIPTOR_NAMES, Descriptor, descriptor as _descriptor
+
 __all__ = [
     "PipelineConfig", "StreamConfig", "ConfigError", "DEFAULT_MODEL_PATH", "DETECTORS", "DESCRIPTORS", "DEVICES",
-    "NORMAL_RADIUS_VOXELS", "FPFH_RADIUS_VOXELS", "SHOT_RADIUS_VOXELS", "MATCH_DISTANCE_VOXELS", "NMS_RADIUS_VOXELS",
+    "NORMAL_RADIUS_VOXELS", "MATCH_DISTANCE_VOXELS", "NMS_RADIUS_VOXELS",
 ]
 
 # The names every front end offers (ROS parameters, CLI flags, evaluation); factories refuse others.
 DETECTORS = ("ukpgan", "iss", "random", "fps")
-DESCRIPTORS = ("fpfh", "shot")
+DESCRIPTORS = DESCRIPTOR_NAMES  # the descriptor registry's kinds
 DEVICES = ("auto", "cpu", "cuda")
 
 DEFAULT_MODEL_PATH = str(Path(__file__).resolve().parent / "weights" / "ukpgan.safetensors")
 
 # Every radius derives from the voxel size, as in Open3D's registration examples (normals 2x,
-# FPFH 5x, match distance 1.5x); SHOT at 6x is PCL's 0.3 m on 5 cm voxels. NMS suppresses within
+# match distance 1.5x; descriptor radii: the registry). NMS suppresses within
 # the match distance: two keypoints that close count as one point for RANSAC, so the second adds
 # no constraint (7-Scenes, 113 pairs, 100 keypoints: UKPGAN inlier ratio 0.42 at 1.5x vs 0.38 at 2x).
 NORMAL_RADIUS_VOXELS = 2.0
-FPFH_RADIUS_VOXELS = 5.0
-SHOT_RADIUS_VOXELS = 6.0
 MATCH_DISTANCE_VOXELS = 1.5
 NMS_RADIUS_VOXELS = MATCH_DISTANCE_VOXELS
 
@@ -169,6 +169,10 @@ class PipelineConfig(_Fields):
     map_dir: str = _f("ukpgan_map", "folder ~/save_map writes the keyframe map to (relative: to the working "
                                     "directory); an existing map there is replaced", live=True)
     publish_tf: bool = _f(True, "broadcast odom_frame -> sensor frame on /tf (needs tf2_msgs)", live=True)
+    deskew: bool = _f(
+        False, "correct the motion distortion of clouds that carry per-point time (t, time or timestamp fields) "
+               "with the motion of the last two placed frames (constant velocity, as KISS-ICP); for spinning "
+               "LiDARs on vehicles, off for depth cameras (no sweep)", live=True)
     odom_frame: str = _f("odom", "frame of the accumulated pose", live=True)
     model_path: str = _f("", "UKPGAN weights (.safetensors); empty means the shipped model")
     seed: int = _f(0, "seed for random sampling and RANSAC", range=(0, 2**31 - 1), live=True)
@@ -178,16 +182,17 @@ class PipelineConfig(_Fields):
         return NORMAL_RADIUS_VOXELS * self.voxel_size
 
     @property
-    def fpfh_radius(self) -> float:
-        return FPFH_RADIUS_VOXELS * self.voxel_size
-
-    @property
     def match_distance(self) -> float:
         return MATCH_DISTANCE_VOXELS * self.voxel_size
 
     @property
-    def shot_radius(self) -> float:
-        return SHOT_RADIUS_VOXELS * self.voxel_size
+    def descriptor_spec(self) -> Descriptor:
+        """The registry's entry of the configured descriptor (length, radius, compute function)."""
+        return _descriptor(self.descriptor)
+
+    def descriptor_radius(self, kind: str | None = None) -> float:
+        """Support radius [m] of descriptor ``kind`` (default: the configured one), from the registry."""
+        return _descriptor(kind or self.descriptor).radius(self.voxel_size)
 
     @property
     def effective_nms_radius(self) -> float:

@@ -44,6 +44,7 @@ import numpy as np
 from ukpgan_ros.cloud import WorkingCloud
 from ukpgan_ros.config import DESCRIPTORS, PipelineConfig
 from ukpgan_ros.detectors.base import Keypoints
+from ukpgan_ros.features.registry import descriptor
 from ukpgan_ros.posegraph import LOOP, ODOMETRY, Edge
 from ukpgan_ros.registration import FrameFeatures
 from ukpgan_ros.transforms import MAX_TRANSLATION_M, adjoint, check_covariance, check_rigid
@@ -513,6 +514,11 @@ def load_map(folder: str | Path, max_keyframes: int | None = None) -> KeyframeMa
     try:
         meta = _read_meta(index)
         dim = None if index.get("descriptor_dim") is None else _int(index["descriptor_dim"], "descriptor_dim", 1)
+        if "descriptor" in meta:  # a known kind (checked above) of the registry's length
+            spec = descriptor(meta["descriptor"])
+            if dim is not None and dim != spec.dim:
+                raise ValueError(f"descriptor_dim: {dim} but {spec.name} descriptors have {spec.dim}")
+            dim = spec.dim
         origin = index.get("origin", {})
         if not isinstance(origin, dict):
             raise ValueError(f"origin: expected an object, got {origin!r}")

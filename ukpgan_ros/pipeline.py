@@ -90,6 +90,8 @@ class KeypointPipeline:
         self._owns_detector = detector is None
         self.detector = detector if detector is not None else make_detector(cfg)
         self._voxel_chosen = cfg.working_points == 0
+        self._velocity: tuple[np.ndarray, float] | None = None  # last motion and its duration [s] (deskew)
+        self._last_placed_stamp: float | None = None
         self._reference: KeyframeMap | None = None
         self.tracker: Tracker | None = None
         if tracking and cfg.registration == "reference":
@@ -152,6 +154,7 @@ class KeypointPipeline:
         if self.tracker is not None:
             self.tracker.reset()
         self._voxel_chosen = self._cfg.working_points == 0 or self._reference is not None
+        self._velocity, self._last_placed_stamp = None, None
 
     @property
     def pose(self) -> np.ndarray:
@@ -229,16 +232,14 @@ class KeypointPipeline:
 
     def descriptor_radius(self, kind: str | None = None) -> float:
         """Support radius [m] of descriptor ``kind`` (default: the configured one)."""
-        kind = kind or self.cfg.descriptor
-        return self.cfg.shot_radius if kind == "shot" else self.cfg.fpfh_radius
+        return self.cfg.descriptor_radius(kind)
 
     def _shares_features(self, radius: float) -> bool:
-        """Whether the detector computes the configured descriptors anyway (UKPGAN reads SHOT of
-        every point at the descriptor's radius): then they are taken from its pass."""
+        """Whether the detector computes the configured descriptors anyway (UKPGAN reads its
+        ``feature.kind``, SHOT, of every point at ``feature_radius``): then they are taken from its pass."""
         cfg = self.cfg
-        return (cfg.descriptor == "shot"
-                and hasattr(self.detector, "detect_with_features")
-                and getattr(getattr(self.detector, "feature", None), "kind", None) == "shot"
+        return (hasattr(self.detector, "detect_with_features")
+                and getattr(getattr(self.detector, "feature", None), "kind", None) == cfg.descriptor
                 and abs(getattr(self.detector, "feature_radius", -1.0) - radius) <= 1e-9 * max(radius, 1.0))
 
     def describe(self, points: np.ndarray, *, crop: bool = True, dense: bool = False,
@@ -278,8 +279,8 @@ class KeypointPipeline:
         elif shared is not None:
             dense_desc = shared if cfg.match_against == "dense" and dense else None
             desc = shared[kps.indices]
-        elif cfg.match_against == "dense" and (dense or cfg.descriptor == "fpfh"):
-            # FPFH's cost is mostly the per-point histograms it needs anyway: densify for free.
+        elif cfg.match_against == "dense" and (dense or cfg.descriptor_spec.dense_is_cheap):
+            # e.g. FPFH: its cost is mostly the per-point histograms it needs anyway, densify for free
             dense_desc = compute_descriptors(cfg.descriptor, cloud.points, cloud.normals, None, radius, self.device)
             desc = dense_desc[kps.indices]
         else:
@@ -301,10 +302,36 @@ class KeypointPipeline:
             timings.update(res.timings)
         return res
 
-    def process(self, points: np.ndarray, stamp: float | None = None, index: int | None = None) -> FrameResult:
+    def deskewed(self, points: np.ndarray, times: np.ndarray | None) -> np.ndarray:
+        """``points`` moved to the sensor frame at the stamp (``times``: seconds after it, per
+        point) with the motion of the last two placed frames, when ``deskew`` is on and both are
+        known; otherwise the points as they are."""
+        if not self._cfg.deskew or times is None or self._velocity is None:
+            return points
+        from ukpgan_ros.deskew import deskew
+
+        motion, dt = self._velocity
+        return deskew(points, times, motion, dt=dt)
+
+    def _remember_velocity(self, step: TrackStep | None, stamp: float | None) -> None:
+        """The motion since the last placed frame and the time it took (for deskewing the next)."""
+        if step is None or not step.placed or stamp is None:
+            return
+        last = self._last_placed_stamp
+        dt = None if last is None else stamp - last
+        self._velocity = (step.motion, dt) if step.motion is not None and dt is not None and dt > 0 else None
+        self._last_placed_stamp = stamp
+
+    def process(self, points: np.ndarray, stamp: float | None = None, index: int | None = None,
+                times: np.ndarray | None = None) -> FrameResult:
         """Process one cloud (N, 3) in the sensor frame (``stamp`` [s] and a sequence ``index``
-        are kept with keyframes). Raises ValueError on unusable input; the state is then unchanged."""
+        are kept with keyframes; ``times`` [s after the stamp] per point, for ``deskew``). Raises
+        ValueError on unusable input; the state is then unchanged."""
         timings: dict[str, float] = {}
+        if times is not None and self._cfg.deskew:
+            t0 = time.perf_counter()
+            points = self.deskewed(points, times)
+            timings["deskew"] = time.perf_counter() - t0
         # Every tracker matches against the live frame's dense descriptors.
         feats = self.describe(points, dense=self.needs_descriptors, timings=timings)
         step = None
@@ -322,6 +349,7 @@ class KeypointPipeline:
             # the tracker's own work (votes, covariance, bookkeeping) beside the summed registrations
             timings["track"] = max(0.0, time.perf_counter() - t0 - sum(reg_times.values()))
             timings.update(reg_times)
+            self._remember_velocity(step, stamp)
         return FrameResult(feats.keypoints, len(feats.cloud), feats.cloud.raw_count,
                            step.registration if step is not None else None, self.pose, timings,
                            self._cfg.voxel_size, step, self.tracker is not None and self.tracker.map_poses)

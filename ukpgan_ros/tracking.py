@@ -324,11 +324,9 @@ class KeyframeTracker:
     to a bounded :class:`KeyframeMap` (its docstring has the removal policy), which ``save_map``
     writes and ``registration: reference`` reads.
 
-    With a :class:`~ukpgan_ros.loops.LoopPolicy` (``loop_closure``), every new keyframe also goes
-    to a :class:`~ukpgan_ros.loops.LoopCloser` (its worker finds and verifies loops and optimises
-    the keyframe pose graph off the frame path; ``step`` only enqueues). Odometry is not moved
-    by it: :attr:`map_from_odom` is the correction a node publishes as ``map -> odom``, and
-    ``map_for_saving`` writes the optimised poses.
+    With a :class:`~ukpgan_ros.loops.LoopPolicy` (``loop_closure``) each new keyframe is enqueued
+    to a :class:`~ukpgan_ros.loops.LoopCloser` (loops and the pose graph, off the frame path);
+    odometry never moves: :attr:`map_from_odom` is the ``map -> odom`` correction.
     """
 
     map_poses: ClassVar[bool] = False
@@ -365,11 +363,9 @@ class KeyframeTracker:
         self.loops.distance, self.loops.sigma_floor = self.distance, self.sigma_floor
 
     def map_for_saving(self) -> KeyframeMap:
-        """The keyframes, the last placed frame made one (a map ends where the sensor stopped).
-
-        With loop closure, after the queued loop work is done (at most ``SAVE_WAIT_S``): a copy
-        whose poses are the optimised ones (``odom_pose`` keeps each keyframe's odometry pose)
-        with the pose graph's edges between the stored keyframes."""
+        """The keyframes, the last placed frame made one (a map ends where the sensor stopped);
+        with loop closure, once queued loop work is done (at most ``SAVE_WAIT_S``), a copy with
+        the optimised poses (``odom_pose``: odometry's) and the pose graph's edges."""
         if len(self._map) == 0:
             raise MapFormatError("no keyframes yet: process some frames first")
         self.keyframe_last()
@@ -384,10 +380,9 @@ class KeyframeTracker:
 
     @property
     def map_from_odom(self) -> np.ndarray:
-        """The correction ``map_from_odom`` (4x4) a node publishes as ``map -> odom``: the
-        optimised pose of the current keyframe times the inverse of its odometry pose (identity
-        until a loop closes, or without loop closure). ``map_from_odom @ pose`` is the sensor in
-        the map frame."""
+        """``map_from_odom`` (4x4, the ``map -> odom`` transform): the current keyframe's optimised
+        pose times the inverse of its odometry pose (identity until a loop closes);
+        ``map_from_odom @ pose`` is the sensor in the map frame."""
         return self.loops.map_from_odom(self._current.id if self._current is not None else None)
 
     def reset(self) -> None:
@@ -445,8 +440,7 @@ class KeyframeTracker:
         return "sensor placed; the next frame becomes a keyframe there"
 
     def _add_keyframe(self, pose, features, cov, stamp, index, ref: Keyframe | None = None) -> Keyframe:
-        """Store a keyframe placed from ``ref`` (None: placed without one) and, with loop closure,
-        hand it to the loop closer (enqueue only)."""
+        """Store a keyframe placed from ``ref`` (None: without one); enqueue it for loop closure."""
         kf, _removed = self._map.add(pose, features, cov, stamp=stamp, index=index,
                                      protect=() if self._current is None else (self._current.id,))
         if self.loops.policy.enabled:

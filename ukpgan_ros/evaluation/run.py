@@ -54,10 +54,6 @@ class CloudFeatures:
     describe_time: dict[str, float]
 
 
-def _radius(cfg, kind: str) -> float:
-    return cfg.shot_radius if kind == "shot" else cfg.fpfh_radius
-
-
 def _prepare_cloud(points: np.ndarray, cfg, detectors: dict, budget: int, descriptors: list[str],
                    device: str) -> CloudFeatures:
     """The pipeline's working cloud (``cfg``'s voxel and normal radius), keypoints of every
@@ -79,7 +75,7 @@ def _prepare_cloud(points: np.ndarray, cfg, detectors: dict, budget: int, descri
     desc, desc_t = {}, {}
     for kind in descriptors:
         t0 = time.perf_counter()
-        desc[kind] = compute_descriptors(kind, cloud.points, cloud.normals, None, _radius(cfg, kind), device)
+        desc[kind] = compute_descriptors(kind, cloud.points, cloud.normals, None, cfg.descriptor_radius(kind), device)
         desc_t[kind] = time.perf_counter() - t0
     return CloudFeatures(cloud.points, kps, det_t, desc, desc_t)
 

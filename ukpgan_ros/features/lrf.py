@@ -75,7 +75,6 @@ def _frames(
     The covariance is not divided by the weight sum: eigenvectors do not depend on its scale,
     and "weight sum > 0" (PCL's NaN check) is "trace > 0".
     """
-    nq = kept.shape[0]
     dx, dy, dz = delta[0], delta[1], delta[2]
     p = d2.shape[0]
     dist = torch.sqrt(d2)

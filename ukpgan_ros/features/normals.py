@@ -28,7 +28,7 @@ def estimate_normals(
 ) -> np.ndarray:
     """Unit normals from a hybrid radius/k-NN PCA (Open3D's semantics: the ``max_nn`` nearest
     points within ``radius``), flipped to face ``viewpoint``; compiled
-    (:func:`~ukpgan_ros.features.shot_cpu.normals_cpu`, 2-3x faster than Open3D, which the tests
+    (:func:`~ukpgan_ros.features.normals_cpu.normals_cpu`, 2-3x faster than Open3D, which the tests
     compare it with).
 
     Depth sensors see surfaces from their origin, so orienting towards it makes normals (and
@@ -36,7 +36,7 @@ def estimate_normals(
     ``viewpoint=None`` means the caller does not care about the sign (it is then the one facing
     the origin). Points with fewer than 3 neighbours get (0, 0, 1).
     """
-    from ukpgan_ros.features.shot_cpu import normals_cpu
+    from ukpgan_ros.features.normals_cpu import normals_cpu
 
     pts = np.ascontiguousarray(points, dtype=np.float32)
     if len(pts) == 0:

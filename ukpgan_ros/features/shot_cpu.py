@@ -1,27 +1,19 @@
-"""SHOT (PCL 1.13 rules) and PCA normals as compiled CPU kernels (numba), several times faster
-than the torch implementation on CPU with the same numbers.
+"""SHOT (PCL 1.13 rules) as a compiled CPU kernel (numba), several times faster than the torch
+implementation on CPU with the same numbers.
 
 ``shot_cpu`` computes what torch ``compute_shot`` does (``ukpgan_ros.features.shot``, whose
 module docstring lists PCL's rules and quirks; all of them are reproduced here), but as scalar
-code, one query at a time: it gathers the neighbours from a uniform grid into a small scratch
-buffer, builds the frame and fills the 352 bins in cache; no pair tensors, no Python per chunk.
-Both functions are pure functions of NumPy arrays.
+code, one query at a time: it gathers the neighbours from a uniform grid
+(:mod:`~ukpgan_ros.features._grid`) into a small scratch buffer, builds the frame and fills the
+352 bins in cache; no pair tensors, no Python per chunk. A pure function of NumPy arrays.
 
 How:
 
-* neighbours: the points are counting-sorted into cubic cells of edge ``radius`` (a dense
-  per-cell offset table; a binary search in the sorted cell keys when the table would be too
-  big). A query scans the (usually 3 x 3) columns of cells around it, each column's z range cut
-  to the sphere's extent over it: one contiguous run of candidates per column, ~5 candidates
-  per neighbour, compacted without branches. Measured end to end this beats finer cells (more
-  columns) and scipy's ``cKDTree.query_ball_point`` (70-90 ms for the neighbour lists alone on
-  a 4 k-point frame, where this whole kernel takes ~18 ms on one thread).
 * frame: PCL's covariance about the query, weighted by ``R - d`` (float32 ``sqrt`` like PCL's
   ``std::sqrt(float)``), is summed in float64 from the float32 offsets, exactly as PCL does (the
   torch version sums in float32). Its principal axes come from torch's closed-form float64
-  solver (trigonometric eigenvalues, eigenvectors as the largest cross product of two rows of
-  ``A - lam I``, the same fallbacks where an eigenvalue repeats), then the sign votes, the
-  5-around-the-median tie rule, ``y = z x x`` and all projections in float32 like torch.
+  solver (:mod:`~ukpgan_ros.features._eig3`), then the sign votes, the 5-around-the-median tie
+  rule, ``y = z x x`` and all projections in float32 like torch.
 * descriptor: the votes use torch ``_histograms``' float32 arithmetic (cosine bin in float64,
   wrap modulo 10, rounded-bin rule, PCL's sector for axis/diagonal offsets, elevation
   ``atan2(hypot(x, y), z)``), computed for all neighbours of a query in a branch-free loop that
@@ -32,12 +24,8 @@ How:
   zero descriptor, a zero frame and ``valid = False``.
 * the tie rule ranks the distinct neighbours by distance, equal distances by input index
   (torch: by its grid order, PCL: by KD-tree order; all arbitrary); so does ``max_neighbors``.
-* threads: queries run in grid order (neighbouring queries share their candidates in cache) in
-  blocks of 64 handed out one at a time to a small pool of Python threads; the kernel releases
-  the GIL. A thread slowed down by another process just takes fewer blocks. Not numba's
-  ``parallel=True``/``prange``: its parfor lowering added 7-11 s to the first compile (the tests
-  must stay under 20 s with it), and its threading layer is a process-wide choice (an old TBB
-  next to torch, OpenMP runtimes, workqueue aborting on concurrent calls).
+* threads and compilation: :mod:`~ukpgan_ros.features._numba` (blocks of queries in grid order
+  on a small thread pool; compiled on first use or by :func:`warmup`, ~5-8 s, then cached).
 
 Agreement (``test/test_shot_cpu.py``): against PCL 1.13 (the 3DMatch fixture, 1000 points,
 r = 0.3 m) frames within 4e-6 (median 3e-8; torch: 2.4e-5) and descriptors within 1.8e-7 per
@@ -47,32 +35,29 @@ equal, frames within 5e-5 at 5 cm (5e-4 at 2.5 cm, tiny eigen-gaps), descriptors
 > 0.9999999 for >= 99.96 % of points; the 0-3 others per cloud (cosine >= 0.9992) have a
 neighbour within ~1e-7 m of a sector boundary, where PCL's histogram jumps and the two
 frames differ by float32 rounding.
-
-Compilation: the module imports neither numba nor LLVM; the kernels are compiled on first use
-(or by :func:`warmup`), ~5-8 s, and cached in ``__pycache__`` (``cache=True``), so later
-processes load them in well under a second.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
+import sys
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["SHOT_DIM", "ShotResult", "shot_cpu", "normals_cpu", "warmup"]
+from ukpgan_ros.features import _eig3, _grid
+from ukpgan_ros.features._eig3 import _add_outer, _principal_axes
+from ukpgan_ros.features._grid import (_block_scratch, _keep_nearest, _runs, _within, _rank_by_distance, as_cloud,
+                                       bucket, check_extent, check_radius)
+from ukpgan_ros.features._numba import check_threads, compile_module, run_blocks
+
+__all__ = ["SHOT_DIM", "ShotResult", "shot_cpu", "warmup"]
 
 SHOT_DIM = 352
 _MIN_NEIGHBORS = 5
-_CELLS_PER_RADIUS = 1  # grid cell edge = radius: 9 columns, ~5 candidates per neighbour
-_NORMAL_CELLS_PER_RADIUS = 1  # (2: fewer candidates but more columns, slower)
-_BLOCK = 64  # queries per scheduling unit
-_DENSE_LIMIT = 1 << 22  # a dense per-cell offset table up to max(this, 16 N) cells, else
-_DENSE_PER_POINT = 16  # binary search in the sorted cell keys
+_KERNEL_DEPS = (_grid, _eig3)
+_INLINED = ("_atan2",)  # inlined in numba IR: the vote loop must not call functions
+_JITTED = ("_votes", "_shot_block", "_gather_normals")
 
 
 class ShotResult(NamedTuple):
@@ -85,83 +70,7 @@ class ShotResult(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------- kernels
-# Plain Python functions, compiled by numba on first use (``_compiled``). Names of helpers are
-# looked up as globals when a caller compiles, so the helpers are replaced by their compiled
-# dispatchers before the entry points are compiled.
-
-
-def _eigvec3(a, b, c, d, e, f, lam):
-    """Unit eigenvector of [[a b c], [b d e], [c e f]] for ``lam`` as the largest cross product
-    of two rows of ``A - lam I`` (torch ``_eigvec3``), and that product's squared norm."""
-    r00, r01, r02 = a - lam, b, c
-    r10, r11, r12 = b, d - lam, e
-    r20, r21, r22 = c, e, f - lam
-    # r0 x r1, r0 x r2, r1 x r2, the largest kept (first one on equal norms, like torch.max)
-    c0 = r01 * r12 - r02 * r11
-    c1 = r02 * r10 - r00 * r12
-    c2 = r00 * r11 - r01 * r10
-    best = c0 * c0 + c1 * c1 + c2 * c2
-    v0, v1, v2 = c0, c1, c2
-    c0 = r01 * r22 - r02 * r21
-    c1 = r02 * r20 - r00 * r22
-    c2 = r00 * r21 - r01 * r20
-    n2 = c0 * c0 + c1 * c1 + c2 * c2
-    if n2 > best:
-        best, v0, v1, v2 = n2, c0, c1, c2
-    c0 = r11 * r22 - r12 * r21
-    c1 = r12 * r20 - r10 * r22
-    c2 = r10 * r21 - r11 * r20
-    n2 = c0 * c0 + c1 * c1 + c2 * c2
-    if n2 > best:
-        best, v0, v1, v2 = n2, c0, c1, c2
-    s = math.sqrt(max(best, 1e-300))
-    return v0 / s, v1 / s, v2 / s, best
-
-
-def _orth(v0, v1, v2):
-    """Unit vector orthogonal to v: v x e_k with k the smallest |component| (first on ties)."""
-    a0, a1, a2 = abs(v0), abs(v1), abs(v2)
-    if a0 <= a1 and a0 <= a2:  # v x e0
-        w0, w1, w2 = 0.0, v2, -v1
-    elif a1 <= a2:  # v x e1
-        w0, w1, w2 = -v2, 0.0, v0
-    else:  # v x e2
-        w0, w1, w2 = v1, -v0, 0.0
-    n = math.sqrt(w0 * w0 + w1 * w1 + w2 * w2)
-    return w0 / n, w1 / n, w2 / n
-
-
-def _principal_axes(a, b, c, d, e, f):
-    """Eigenvectors of the largest and smallest eigenvalue of a symmetric 3x3 matrix (float64,
-    closed form; torch ``_principal_axes`` for one matrix) and whether the frame is defined."""
-    m = (a + d + f) / 3
-    a_, d_, f_ = a - m, d - m, f - m
-    p2 = (a_ * a_ + d_ * d_ + f_ * f_ + 2 * (b * b + c * c + e * e)) / 6
-    q = (a_ * (d_ * f_ - e * e) - b * (b * f_ - e * c) + c * (b * e - d_ * c)) / 2
-    p = math.sqrt(p2)
-    r = q / max(p2 * p, 1e-300)
-    r = min(max(r, -1.0), 1.0)
-    phi = math.acos(r) / 3
-    lam_max = m + 2 * p * math.cos(phi)
-    lam_min = m + 2 * p * math.cos(phi + 2 * math.pi / 3)
-    x0, x1, x2, n_max = _eigvec3(a, b, c, d, e, f, lam_max)
-    z0, z1, z2, n_min = _eigvec3(a, b, c, d, e, f, lam_min)
-    scale = (p2 * 6) ** 2
-    ok_max = n_max > 1e-24 * scale
-    ok_min = n_min > 1e-24 * scale
-    if not ok_max:  # repeated largest eigenvalue: orthogonal to the smallest axis, else e_x
-        if ok_min:
-            x0, x1, x2 = _orth(z0, z1, z2)
-        else:
-            x0, x1, x2 = 1.0, 0.0, 0.0
-    if not ok_min:
-        if ok_max:
-            z0, z1, z2 = _orth(x0, x1, x2)
-        else:
-            z0, z1, z2 = 0.0, 0.0, 1.0
-    ok = (math.isfinite(a) and math.isfinite(b) and math.isfinite(c) and math.isfinite(d)
-          and math.isfinite(e) and math.isfinite(f) and (a + d + f > 0))
-    return x0, x1, x2, z0, z1, z2, ok
+# Plain Python functions, compiled by numba on first use (``_compiled``).
 
 
 def _atan2(y, x):
@@ -187,53 +96,6 @@ def _atan2(y, x):
     a = 1.5707963267948966 - a if ay > ax else a
     a = 3.141592653589793 - a if math.copysign(1.0, x) < 0 else a
     return math.copysign(a, y)
-
-
-def _rank_by_distance(d2, src, orig, cnt, distinct_only):
-    """Buffer positions ordered by (distance, input index); with ``distinct_only`` the
-    neighbours at the query's own position are left out. Sorts int64 keys made of the float32
-    distance's bits (monotone for d2 >= 0) and the input index: exact and unique. Only tied or
-    capped queries get here; a hand-written Shell sort, as numba's ``argsort`` takes seconds to
-    compile."""
-    keys = np.empty(cnt, np.int64)
-    pos = np.empty(cnt, np.int64)
-    bits = d2.view(np.int32)
-    m = 0
-    for k in range(cnt):
-        if distinct_only and d2[k] == 0:
-            continue
-        keys[m] = (np.int64(bits[k]) << 32) | orig[src[k]]
-        pos[m] = k
-        m += 1
-    gap = 1
-    while gap < m // 3:
-        gap = 3 * gap + 1  # Knuth's gaps 1, 4, 13, 40, ...
-    while gap > 0:
-        for i in range(gap, m):
-            kk = keys[i]
-            pp = pos[i]
-            j = i
-            while j >= gap and keys[j - gap] > kk:
-                keys[j] = keys[j - gap]
-                pos[j] = pos[j - gap]
-                j -= gap
-            keys[j] = kk
-            pos[j] = pp
-        gap //= 3
-    return pos[:m]
-
-
-def _lower_bound(keys, key):
-    """Number of entries of the sorted ``keys`` smaller than ``key``."""
-    lo = 0
-    hi = keys.shape[0]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if keys[mid] < key:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 def _votes(m, sx_, sy_, sz_, cz_, dist_, wt_, sg_x, sg_y, sg_z, half_r, two_over_r,
@@ -301,69 +163,6 @@ def _votes(m, sx_, sy_, sz_, cz_, dist_, wt_, sg_x, sg_y, sg_z, half_r, two_over
         vals[4, k] = v_az * w
 
 
-def _runs(qx, qy, qz, origin, inv_cell, slack, radius, dims, start, keys, dense, j0s, j1s):
-    """The runs of grid-sorted points that may hold neighbours of the point (qx, qy, qz):
-    one per column of cells (x, y) crossing the sphere, cut to the sphere's z extent over the
-    column (all bounds widened by ``slack`` against float rounding). Fills ``j0s``/``j1s``;
-    returns the number of runs and of candidates."""
-    cell = 1.0 / inv_cell
-    reach = radius + slack
-    reach2 = reach * reach
-    rx = np.float64(qx) - origin[0]
-    ry = np.float64(qy) - origin[1]
-    rz = np.float64(qz) - origin[2]
-    ix0 = max(int(math.floor((rx - reach) * inv_cell)), 0)
-    ix1 = min(int(math.floor((rx + reach) * inv_cell)), dims[0] - 1)
-    iy0 = max(int(math.floor((ry - reach) * inv_cell)), 0)
-    iy1 = min(int(math.floor((ry + reach) * inv_cell)), dims[1] - 1)
-    m = 0
-    total = 0
-    for cx in range(ix0, ix1 + 1):
-        x0 = cx * cell - slack  # distance in x from the query to the column
-        hx = max(x0 - rx, rx - (x0 + cell + 2 * slack), 0.0)
-        for cy in range(iy0, iy1 + 1):
-            y0 = cy * cell - slack
-            hy = max(y0 - ry, ry - (y0 + cell + 2 * slack), 0.0)
-            h2 = hx * hx + hy * hy
-            if h2 > reach2:
-                continue
-            zext = math.sqrt(reach2 - h2)  # the sphere's half-height over the column
-            iz0 = max(int(math.floor((rz - zext) * inv_cell)), 0)
-            iz1 = min(int(math.floor((rz + zext) * inv_cell)), dims[2] - 1)
-            if iz0 > iz1:
-                continue
-            base = (cx * dims[1] + cy) * dims[2]
-            if dense:
-                j0 = start[base + iz0]
-                j1 = start[base + iz1 + 1]
-            else:
-                j0 = _lower_bound(keys, base + iz0)
-                j1 = _lower_bound(keys, base + iz1 + 1)
-            if j1 > j0:
-                j0s[m] = j0
-                j1s[m] = j1
-                m += 1
-                total += j1 - j0
-    return m, total
-
-
-def _within(qx, qy, qz, px, py, pz, m_runs, j0s, j1s, r2, srow, d2s):
-    """Compact the points of the runs within sqrt(r2) of (qx, qy, qz) into ``srow`` (indices)
-    and ``d2s`` (squared distances); returns their number. Branch-free (about 1 candidate in 5
-    is kept: a branch would mispredict); unsigned positions need no negative-index fix-ups."""
-    c = np.uint64(0)
-    for t in range(m_runs):
-        for j in range(j0s[t], j1s[t]):
-            ddx = px[j] - qx
-            ddy = py[j] - qy
-            ddz = pz[j] - qz
-            d2 = ddx * ddx + ddy * ddy + ddz * ddz
-            srow[c] = np.uint32(j)
-            d2s[c] = d2
-            c += np.uint64(d2 <= r2)
-    return np.int64(c)
-
-
 def _shot_block(q_lo, q_hi, qsrc, rows, pts, nrm, nrm_ok, orig, start, keys, dense, origin,
                 dims, inv_cell, slack, radius, cap, desc, lrf, valid):
     """SHOT of the queries ``qsrc[q_lo:q_hi]`` (indices into the grid-sorted points) into the
@@ -373,16 +172,11 @@ def _shot_block(q_lo, q_hi, qsrc, rows, pts, nrm, nrm_ok, orig, start, keys, den
     f32 = np.float32
     px, py, pz = pts[0], pts[1], pts[2]
     nx, ny, nz = nrm[0], nrm[1], nrm[2]
-    n_cols = (2 * _CELLS_PER_RADIUS + 3) ** 2
-    j0s = np.empty(n_cols, np.uint64)
-    j1s = np.empty(n_cols, np.uint64)
-    # scratch sized once for the block: the most candidates of any of its queries
-    size = 1
-    for qk in range(q_lo, q_hi):
-        qi = qsrc[qk]
-        size = max(size, _runs(px[qi], py[qi], pz[qi], origin, inv_cell, slack, radius, dims,
-                               start, keys, dense, j0s, j1s)[1])
+    j0s, j1s, size = _block_scratch(px, py, pz, qsrc, q_lo, q_hi, origin, inv_cell, slack, radius, dims,
+                                    start, keys, dense)
     srow = np.empty(size, np.uint32)  # neighbour (grid-sorted index)
+    keep_src = np.empty(size, np.uint32)  # scratch of _keep_nearest
+    keep_d2 = np.empty(size, np.float32)
     # per neighbour: 0-2 offset from the query, 3 squared distance, 4-6 projections on the
     # unsigned x, y, z axes, 7 normal . unsigned z, 8 weight in the histogram (0 or 1),
     # 9 distance
@@ -404,17 +198,8 @@ def _shot_block(q_lo, q_hi, qsrc, rows, pts, nrm, nrm_ok, orig, start, keys, den
         m_runs = _runs(qx, qy, qz, origin, inv_cell, slack, radius, dims, start, keys, dense,
                        j0s, j1s)[0]
         cnt = _within(qx, qy, qz, px, py, pz, m_runs, j0s, j1s, r2, srow, d2s)
-        if cnt > cap:  # keep the ``cap`` nearest (equal distances: input order)
-            perm = _rank_by_distance(d2s, srow, orig, cnt, False)
-            keep_src = np.empty(cap, np.uint32)
-            keep_d2 = np.empty(cap, np.float32)
-            for k in range(cap):
-                keep_src[k] = srow[perm[k]]
-                keep_d2[k] = d2s[perm[k]]
-            for k in range(cap):
-                srow[k] = keep_src[k]
-                d2s[k] = keep_d2[k]
-            cnt = cap
+        if cnt > cap:
+            cnt = _keep_nearest(srow, d2s, orig, cnt, cap, keep_src, keep_d2)
         # ---------------------------------------------------------------- frame
         # PCL: covariance of the offsets from the query weighted by R - d, in double. The
         # offsets (the same float32 values as in the search) first, in a loop that vectorises
@@ -427,26 +212,14 @@ def _shot_block(q_lo, q_hi, qsrc, rows, pts, nrm, nrm_ok, orig, start, keys, den
             bz[k] = pz[j] - qz
             dist_[k] = np.sqrt(d2s[k])  # float32 sqrt, like PCL's std::sqrt(float)
             n_same += np.int64(d2s[k] == 0)  # at the query's own position: skipped, like PCL
-        c_xx = 0.0
-        c_xy = 0.0
-        c_xz = 0.0
-        c_yy = 0.0
-        c_yz = 0.0
-        c_zz = 0.0
+        c_xx = c_xy = c_xz = c_yy = c_yz = c_zz = 0.0
         for k in range(cnt):  # a coincident neighbour has a zero offset and adds exactly 0
             ex = np.float64(bx[k])
             ey = np.float64(by[k])
             ez = np.float64(bz[k])
             w = radius - np.float64(dist_[k])
-            wx = w * ex
-            wy = w * ey
-            wz = w * ez
-            c_xx += wx * ex
-            c_xy += wx * ey
-            c_xz += wx * ez
-            c_yy += wy * ey
-            c_yz += wy * ez
-            c_zz += wz * ez
+            c_xx, c_xy, c_xz, c_yy, c_yz, c_zz = _add_outer(c_xx, c_xy, c_xz, c_yy, c_yz, c_zz,
+                                                            w * ex, w * ey, w * ez, ex, ey, ez)
         n = cnt - n_same
         v0, v1, v2, w0, w1, w2, ok = _principal_axes(c_xx, c_xy, c_xz, c_yy, c_yz, c_zz)
         if not (ok and n >= _MIN_NEIGHBORS):
@@ -536,118 +309,10 @@ def _shot_block(q_lo, q_hi, qsrc, rows, pts, nrm, nrm_ok, orig, start, keys, den
         valid[row] = True
 
 
-def _normals_block(q_lo, q_hi, pts, orig, start, keys, dense, origin, dims, inv_cell, slack,
-                   radius, max_nn, vp, out):
-    """PCA normals of the grid-sorted points ``q_lo .. q_hi`` into rows ``orig[q]`` of
-    ``out``: the smallest-eigenvalue axis of the covariance of the (at most ``max_nn``
-    nearest) points within ``radius`` about their centroid, in double, facing ``vp``."""
-    px, py, pz = pts[0], pts[1], pts[2]
-    n_cols = (2 * _NORMAL_CELLS_PER_RADIUS + 3) ** 2
-    j0s = np.empty(n_cols, np.uint64)
-    j1s = np.empty(n_cols, np.uint64)
-    size = 1
-    for qi in range(q_lo, q_hi):
-        size = max(size, _runs(px[qi], py[qi], pz[qi], origin, inv_cell, slack, radius, dims,
-                               start, keys, dense, j0s, j1s)[1])
-    srow = np.empty(size, np.uint32)
-    d2s = np.empty(size, np.float32)
-    nearest = np.empty(size, np.uint32)
-    r2 = np.float32(radius * radius)
-    for qi in range(q_lo, q_hi):
-        qx, qy, qz = px[qi], py[qi], pz[qi]
-        m_runs = _runs(qx, qy, qz, origin, inv_cell, slack, radius, dims, start, keys, dense,
-                       j0s, j1s)[0]
-        cnt = _within(qx, qy, qz, px, py, pz, m_runs, j0s, j1s, r2, srow, d2s)
-        row = orig[qi]
-        if cnt > max_nn:  # the nearest (equal distances: input order)
-            perm = _rank_by_distance(d2s, srow, orig, cnt, False)
-            for k in range(max_nn):
-                nearest[k] = srow[perm[k]]
-            for k in range(max_nn):
-                srow[k] = nearest[k]
-            cnt = max_nn
-        if cnt < 3:
-            out[row, 0] = np.nan
-            out[row, 1] = np.nan
-            out[row, 2] = np.nan
-            continue
-        # centroid, then the covariance about it (two passes, double)
-        mx = 0.0
-        my = 0.0
-        mz = 0.0
-        for k in range(cnt):
-            j = srow[k]
-            mx += np.float64(px[j])
-            my += np.float64(py[j])
-            mz += np.float64(pz[j])
-        mx /= cnt
-        my /= cnt
-        mz /= cnt
-        c_xx = 0.0
-        c_xy = 0.0
-        c_xz = 0.0
-        c_yy = 0.0
-        c_yz = 0.0
-        c_zz = 0.0
-        for k in range(cnt):
-            j = srow[k]
-            ex = np.float64(px[j]) - mx
-            ey = np.float64(py[j]) - my
-            ez = np.float64(pz[j]) - mz
-            c_xx += ex * ex
-            c_xy += ex * ey
-            c_xz += ex * ez
-            c_yy += ey * ey
-            c_yz += ey * ez
-            c_zz += ez * ez
-        v0, v1, v2, w0, w1, w2, ok = _principal_axes(c_xx, c_xy, c_xz, c_yy, c_yz, c_zz)
-        if not ok:  # all the points at one position
-            out[row, 0] = np.nan
-            out[row, 1] = np.nan
-            out[row, 2] = np.nan
-            continue
-        flip = (vp[0] - qx) * w0 + (vp[1] - qy) * w1 + (vp[2] - qz) * w2 < 0
-        s = -1.0 if flip else 1.0
-        out[row, 0] = np.float32(s * w0)
-        out[row, 1] = np.float32(s * w1)
-        out[row, 2] = np.float32(s * w2)
-
-
-def _cell_keys(pts, origin, inv_cell, dims):
-    """Cell key ``(ix * dy + iy) * dz + iz`` of every point."""
-    n = pts.shape[0]
-    key = np.empty(n, np.int64)
-    for i in range(n):
-        ix = np.int64(math.floor((np.float64(pts[i, 0]) - origin[0]) * inv_cell))
-        iy = np.int64(math.floor((np.float64(pts[i, 1]) - origin[1]) * inv_cell))
-        iz = np.int64(math.floor((np.float64(pts[i, 2]) - origin[2]) * inv_cell))
-        key[i] = (ix * dims[1] + iy) * dims[2] + iz
-    return key
-
-
-def _counting_sort(key, n_cells):
-    """Stable order of the keys (all in ``[0, n_cells)``) and the table ``start`` of "keys
-    smaller than c" for c = 0 .. n_cells."""
-    start = np.zeros(n_cells + 1, np.int64)
-    for k in key:
-        start[k + 1] += 1
-    for c in range(n_cells):
-        start[c + 1] += start[c]
-    fill = np.empty(n_cells, np.int64)
-    for c in range(n_cells):
-        fill[c] = start[c]
-    order = np.empty(key.shape[0], np.int64)
-    for i in range(key.shape[0]):
-        order[fill[key[i]]] = i
-        fill[key[i]] += 1
-    return order, start
-
-
-def _gather_sorted(pts, nrm, order):
-    """Grid-sorted ``(3, N)`` points and normals (non-finite normals zeroed, like torch: their
-    cosines stay finite, and these neighbours do not vote) and the finite-normal flags."""
+def _gather_normals(nrm, order):
+    """Grid-sorted ``(3, N)`` normals (non-finite normals zeroed, like torch: their cosines stay
+    finite, and these neighbours do not vote) and the finite-normal flags."""
     n = order.shape[0]
-    p = np.empty((3, n), np.float32)
     q = np.empty((3, n), np.float32)
     ok = np.empty(n, np.bool_)
     for i in range(n):
@@ -655,153 +320,18 @@ def _gather_sorted(pts, nrm, order):
         good = math.isfinite(nrm[o, 0]) and math.isfinite(nrm[o, 1]) and math.isfinite(nrm[o, 2])
         ok[i] = good
         for a in range(3):
-            p[a, i] = pts[o, a]
             q[a, i] = nrm[o, a] if good else np.float32(0.0)
-    return p, q, ok
-
-
-def _grid(pts, nrm, query_idx, radius, cells_per_radius=_CELLS_PER_RADIUS):
-    """Bucket the points into cubic cells (a counting sort of the cell keys, or NumPy's sort
-    when the cells are too many for a table) and return the kernel's arguments: the queries in
-    grid order (neighbouring queries share their candidates in cache), the grid-sorted points
-    and normals, the grid and the float-rounding slack of the cell bounds."""
-    n = pts.shape[0]
-    inv_cell = cells_per_radius / radius
-    lo = pts.min(0).astype(np.float64)
-    hi = pts.max(0).astype(np.float64)
-    origin = lo
-    dims = np.floor((hi - lo) * inv_cell).astype(np.int64) + 1
-    key = _cell_keys(pts, origin, inv_cell, dims)
-    n_cells = int(dims[0]) * int(dims[1]) * int(dims[2])
-    dense = n_cells <= max(_DENSE_LIMIT, _DENSE_PER_POINT * n)
-    if dense:  # "points with a smaller key" for every cell
-        order, start = _counting_sort(key, n_cells)
-        keys = np.zeros(0, np.int64)
-    else:  # too many cells for a table: binary search in the sorted keys
-        order = np.argsort(key, kind="stable")
-        start = np.zeros(0, np.int64)
-        keys = key[order]
-    if query_idx is None:
-        qs, visit = np.arange(n), order
-    else:
-        rank = np.empty(n, np.int64)
-        rank[order] = np.arange(n)
-        qsrc = rank[query_idx]
-        visit = np.argsort(qsrc, kind="stable")
-        qs = qsrc[visit]
-    p, q, ok = _gather_sorted(pts, nrm, order)
-    # float rounding of cell coordinates: a point the exact test accepts is never this far out
-    slack = 1e-4 / inv_cell + 8 * 1.2e-7 * (max(np.abs(lo).max(), np.abs(hi).max()) + radius)
-    return (qs, visit, p, q, ok, order, start, keys, dense, origin, dims, inv_cell, slack)
-
-
-_LOCK = threading.Lock()
-_KERNEL = None
-_POOL: tuple[int, ThreadPoolExecutor] | None = None
-_INLINED = ("_atan2", "_within")  # inlined in numba IR: the hot loops must not call functions
-_JITTED = ("_eigvec3", "_orth", "_principal_axes", "_rank_by_distance", "_lower_bound",
-           "_votes", "_runs", "_shot_block", "_normals_block", "_cell_keys", "_counting_sort",
-           "_gather_sorted")
+    return q, ok
 
 
 def _compiled():
     """The compiled block kernel (compiled, or loaded from the on-disk cache, on first use;
-    numba is imported here, not at module import)."""
-    global _KERNEL
-    if _KERNEL is not None:
-        return _KERNEL
-    with _LOCK:
-        if _KERNEL is None:
-            import numba
-
-            g = globals()
-            opts = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
-            for name in _INLINED:
-                g[name] = numba.njit(inline="always", **opts)(g[name])
-            for name in _JITTED:  # helpers first: their callers look them up when compiling
-                g[name] = numba.njit(**opts)(g[name])
-            _KERNEL = g["_shot_block"]
-    return _KERNEL
-
-
-def _default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    """A persistent pool of at least ``threads`` workers."""
-    global _POOL
-    with _LOCK:
-        if _POOL is None or _POOL[0] < threads:
-            if _POOL is not None:
-                _POOL[1].shutdown(wait=False)
-            _POOL = (threads, ThreadPoolExecutor(threads, thread_name_prefix="shot_cpu"))
-        return _POOL[1]
-
-
-def _run(kernel, args, nq: int, threads: int) -> None:
-    """``kernel`` over all queries: blocks of ``_BLOCK`` queries handed out one at a time to
-    ``threads`` threads (the kernel releases the GIL), so a thread slowed down by another
-    process just takes fewer blocks."""
-    n_blocks = (nq + _BLOCK - 1) // _BLOCK
-    threads = min(threads, n_blocks)
-    if threads <= 1:
-        kernel(0, nq, *args)
-        return
-    counter = itertools.count()  # next() is atomic under the GIL
-
-    def work() -> None:
-        while True:
-            b = next(counter)
-            if b >= n_blocks:
-                return
-            kernel(b * _BLOCK, min(nq, (b + 1) * _BLOCK), *args)
-
-    for f in [_pool(threads).submit(work) for _ in range(threads)]:
-        f.result()
+    numba is imported then, not at module import)."""
+    compile_module(sys.modules[__name__])
+    return _shot_block
 
 
 # --------------------------------------------------------------------------------- front end
-
-
-def _check_radius(radius) -> float:
-    if isinstance(radius, (bool, np.bool_)) or not isinstance(radius, (int, float, np.integer,
-                                                                        np.floating)):
-        raise ValueError(f"radius must be a number, got {type(radius).__name__}")
-    r = float(radius)
-    if not (math.isfinite(r) and r > 0):
-        raise ValueError(f"radius must be positive and finite, got {radius}")
-    return r
-
-
-def _as_cloud(x, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != 2 or arr.shape[1] != 3:
-        raise ValueError(f"{name} must have shape (N, 3), got {arr.shape}")
-    if shape is not None and arr.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-def _check_threads(threads) -> int:
-    if threads is None:
-        return _default_threads()
-    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)) \
-            or threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
-    return int(threads)
-
-
-def _check_extent(pts: np.ndarray, radius: float) -> None:
-    extent = pts.max(0).astype(np.float64) - pts.min(0)
-    cells = np.floor(extent * (_CELLS_PER_RADIUS / radius)) + 1
-    if float(np.prod(cells)) >= 2.0**62:
-        raise ValueError(f"radius {radius} is too small for the extent of the cloud")
 
 
 def shot_cpu(
@@ -824,15 +354,15 @@ def shot_cpu(
     Returns :class:`ShotResult`; invalid points (fewer than 5 distinct neighbours, degenerate
     frame) have zero rows and ``valid = False``. Raises ValueError on malformed input.
     """
-    pts = _as_cloud(points, "points")
+    pts = as_cloud(points, "points")
     if pts.shape[0] == 0:
         raise ValueError("points is empty")
     if pts.shape[0] >= 2**32:
         raise ValueError(f"at most 2**32 - 1 points, got {pts.shape[0]}")
     if not np.isfinite(pts).all():
         raise ValueError("points contains NaN or inf")
-    nrm = _as_cloud(normals, "normals", pts.shape)
-    r = _check_radius(radius)
+    nrm = as_cloud(normals, "normals", pts.shape)
+    r = check_radius(radius)
     n = pts.shape[0]
     if query_idx is None:
         qi = np.arange(n, dtype=np.int64)
@@ -858,55 +388,17 @@ def shot_cpu(
     if nq == 0:
         return ShotResult(np.zeros((0, SHOT_DIM), np.float32), np.zeros((0, 3, 3), np.float32),
                           np.zeros(0, bool))
-    _check_extent(pts, r)
-    threads = _check_threads(threads)
+    check_extent(pts, r)
+    threads = check_threads(threads)
     kernel = _compiled()
-    grid = _grid(pts, nrm, None if query_idx is None else qi, r)
+    grid = bucket(pts, None if query_idx is None else qi, r)
+    nrm_sorted, nrm_ok = _gather_normals(nrm, grid.order)
     desc = np.zeros((nq, SHOT_DIM), np.float32)
     lrf = np.zeros((nq, 3, 3), np.float32)
     valid = np.zeros(nq, bool)
-    _run(kernel, (*grid, r, cap, desc, lrf, valid), nq, threads)
+    run_blocks(kernel, (grid.queries, grid.rows, grid.points, nrm_sorted, nrm_ok, *grid.search, r, cap, desc, lrf,
+                        valid), nq, threads)
     return ShotResult(desc, lrf, valid)
-
-
-def normals_cpu(
-    points: np.ndarray,
-    radius: float,
-    viewpoint=(0.0, 0.0, 0.0),
-    *,
-    max_nn: int | None = 30,
-    threads: int | None = None,
-) -> np.ndarray:
-    """PCA normals ``(N, 3)`` float32: for every point the smallest-eigenvalue axis of the
-    covariance (about the centroid, in double) of its neighbours within ``radius`` (the point
-    included), at most the ``max_nn`` nearest of them (Open3D's hybrid search, the pipeline's
-    ``estimate_normals`` with max_nn = 30; ``None``: all, like PCL's radius search), flipped to
-    face ``viewpoint``. Points with fewer than 3 neighbours get NaN (SHOT skips them).
-    """
-    pts = _as_cloud(points, "points")
-    if pts.shape[0] == 0:
-        raise ValueError("points is empty")
-    if not np.isfinite(pts).all():
-        raise ValueError("points contains NaN or inf")
-    r = _check_radius(radius)
-    vp = np.asarray(viewpoint, np.float64)
-    if vp.shape != (3,) or not np.isfinite(vp).all():
-        raise ValueError(f"viewpoint must be 3 finite numbers, got {viewpoint!r}")
-    if max_nn is None:
-        cap = pts.shape[0]
-    elif isinstance(max_nn, (bool, np.bool_)) or not isinstance(max_nn, (int, np.integer)) \
-            or max_nn < 3:
-        raise ValueError(f"max_nn must be an integer >= 3 or None, got {max_nn!r}")
-    else:
-        cap = int(max_nn)
-    threads = _check_threads(threads)
-    _check_extent(pts, r)
-    _compiled()
-    g = _grid(pts, pts, None, r, _NORMAL_CELLS_PER_RADIUS)
-    out = np.empty(pts.shape, np.float32)
-    args = (g[2], g[5], g[6], g[7], g[8], g[9], g[10], g[11], g[12], r, cap, vp, out)
-    _run(_normals_block, args, pts.shape[0], threads)
-    return out
 
 
 def warmup(normals: bool = True) -> None:
@@ -917,4 +409,6 @@ def warmup(normals: bool = True) -> None:
     nrm = np.tile(np.float32([0, 0, 1]), (64, 1))
     shot_cpu(pts, nrm, 0.2)
     if normals:
+        from ukpgan_ros.features.normals_cpu import normals_cpu
+
         normals_cpu(pts, 0.2)

@@ -8,7 +8,7 @@ import threading
 from typing import Callable
 
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
@@ -53,10 +53,12 @@ def spin_until_signal(nodes, stop: threading.Event, executor=None) -> None:
 
 
 def run_node(make_node: Callable[[], Node], args: list[str] | None = None,
-             on_start: Callable[[Node], None] | None = None) -> int:
+             on_start: Callable[[Node], None] | None = None, threads: int = 1) -> int:
     """Init rclpy without its signal handler, build the node, spin until SIGINT/SIGTERM, then
     shut lifecycle nodes down cleanly. A node that cannot be built (bad parameters, missing
-    files) exits with status 2 and one clear line."""
+    files) exits with status 2 and one clear line. ``threads`` > 1 spins a MultiThreadedExecutor
+    (callbacks of one mutually exclusive group still run one at a time; a reentrant group's
+    callback that waits, such as the detector's ~/save_map, then blocks no other)."""
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     with StopOnSignal() as stop:
         try:
@@ -68,7 +70,7 @@ def run_node(make_node: Callable[[], Node], args: list[str] | None = None,
         try:
             if on_start is not None:
                 on_start(node)
-            spin_until_signal([node], stop)
+            spin_until_signal([node], stop, MultiThreadedExecutor(threads) if threads > 1 else None)
         finally:
             node.destroy_node()
             rclpy.try_shutdown()
