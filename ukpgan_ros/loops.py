@@ -48,6 +48,10 @@ __all__ = ["LoopPolicy", "LoopCloser", "LoopSnapshot", "LoopStats", "MergeReport
 
 Register = Callable[[FrameFeatures, FrameFeatures], RegistrationResult]
 
+# The worker thread ends after this long without work (a dropped tracker leaves no thread behind);
+# the next job starts a new one.
+IDLE_EXIT_S = 30.0
+
 # Two loops agree on the drift within this many voxels (and agree_deg): the drift between two
 # neighbouring keyframes changes by much less, a loop to the wrong place by much more.
 AGREE_VOXELS = 3.0
@@ -126,6 +130,7 @@ class LoopCloser:
         self._pending_queries = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._started = False
         self._generation = 0  # bumped by reset: jobs of an older generation are dropped
         self.stats = LoopStats()
         self.snapshot = LoopSnapshot()
@@ -135,7 +140,7 @@ class LoopCloser:
     @property
     def started(self) -> bool:
         """Whether any keyframe reached the loop closer."""
-        return self._thread is not None
+        return self._started
 
     def add_keyframe(self, kf: Keyframe, odometry: Edge | None, frame: FrameFeatures, live_ids: list[int],
                      register: Register | None) -> bool:
@@ -151,21 +156,21 @@ class LoopCloser:
                 self.stats.skipped += 1
             if query:
                 self._pending_queries += 1
-        self._ensure_worker()
         self._jobs.put(("keyframe", self._generation, kf, odometry, frame if query else None, list(live_ids), register))
+        self._ensure_worker()
         return query
 
     def transform_all(self, C: np.ndarray) -> None:
         """Every keyframe moved by ``C`` (new_odom_from_old_odom; the tracker's set_pose)."""
         C = np.asarray(C, np.float64).copy()
-        if self._thread is None:
+        if not self._started:
             return  # nothing in the graph yet
         snap = self.snapshot
         self.snapshot = LoopSnapshot({k: C @ p for k, p in snap.map_poses.items()},
                                      {k: C @ p for k, p in snap.odom_poses.items()}, snap.loops,
                                      C @ snap.latest_correction @ np.linalg.inv(C), snap.optimisations)
-        self._ensure_worker()
         self._jobs.put(("transform", self._generation, C))
+        self._ensure_worker()
 
     def reset(self) -> None:
         """Forget the graph (queued work of before is dropped)."""
@@ -173,16 +178,17 @@ class LoopCloser:
             self._generation += 1
             self._pending_queries = 0
         self.snapshot = LoopSnapshot()
-        if self._thread is None:
+        if not self._started:
             self._clear_graph()
         else:
             self._jobs.put(("reset", self._generation))
+            self._ensure_worker()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the queued work is done (True) or ``timeout`` seconds pass (False)."""
         done = threading.Event()
-        self._ensure_worker()
         self._jobs.put(("signal", self._generation, done))
+        self._ensure_worker()
         return done.wait(timeout)
 
     # ------------------------------------------------------------------ readers
@@ -209,9 +215,12 @@ class LoopCloser:
 
     # ------------------------------------------------------------------ worker
     def _ensure_worker(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="ukpgan-loop-closure", daemon=True)
-            self._thread.start()
+        """Start the worker unless it runs (call after putting a job: see ``_run``'s exit)."""
+        with self._lock:
+            if self._thread is None:
+                self._started = True
+                self._thread = threading.Thread(target=self._run, name="ukpgan-loop-closure", daemon=True)
+                self._thread.start()
 
     def _clear_graph(self) -> None:
         with self._lock:
@@ -223,7 +232,14 @@ class LoopCloser:
 
     def _run(self) -> None:
         while True:
-            job = self._jobs.get()
+            try:
+                job = self._jobs.get(timeout=IDLE_EXIT_S)
+            except queue.Empty:
+                with self._lock:  # a job put before this check is seen; one put after it starts a new worker
+                    if self._jobs.empty():
+                        self._thread = None
+                        return
+                continue
             try:
                 kind, gen = job[0], job[1]
                 if kind == "signal":
