@@ -360,7 +360,7 @@ class MergeReport:
     what the optimisation did."""
 
     T_a_from_b: np.ndarray  # (4, 4) map A from map B, before the joint optimisation
-    pairs: tuple[tuple[int, int], ...]  # (keyframe of A, keyframe of B, B's id in the merged map)
+    pairs: tuple[tuple[int, int], ...]  # (keyframe id in A, keyframe id in B) of the agreeing pairs
     tried: int  # registrations run
     verified: int  # of those, verified
     id_offset: int  # B's keyframe k is k + id_offset in the merged map
