@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -32,8 +33,13 @@ def loop_run():
     pipe = KeypointPipeline(CFG, tracking=False)
     frames = [(seq[i], pipe.describe(seq[i].points(), dense=True, descriptors=True)) for i in range(len(seq))]
 
-    def reg(src, tgt):
-        return pipe.register(src, tgt)
+    calls = {"with": [], "without": []}
+
+    def counted(name):
+        def reg(src, tgt):
+            calls[name].append(threading.current_thread().name)
+            return pipe.register(src, tgt)
+        return reg
 
     def tracker(loops):
         return KeyframeTracker(KeyframePolicy(), RelocalizationPolicy(), CFG.match_distance,
@@ -43,14 +49,14 @@ def loop_run():
     with_loops, without = tracker(True), tracker(False)
     poses = []
     for k, (frame, feats) in enumerate(frames):
-        a = with_loops.step(feats, reg, stamp=frame.stamp, index=k)
-        b = without.step(feats, reg, stamp=frame.stamp, index=k)
+        a = with_loops.step(feats, counted("with"), stamp=frame.stamp, index=k)
+        b = without.step(feats, counted("without"), stamp=frame.stamp, index=k)
         assert a.placed and b.placed
         np.testing.assert_allclose(a.pose, b.pose, atol=1e-9)  # loop closure never moves odometry
         poses.append(a.pose)
     assert with_loops.loops.wait(120)
     gt = [np.linalg.inv(frames[0][0].pose) @ f.pose for f, _ in frames]
-    return {"with": with_loops, "without": without, "gt": gt, "poses": poses, "seq": seq}
+    return {"with": with_loops, "without": without, "gt": gt, "poses": poses, "seq": seq, "calls": calls}
 
 
 def test_loop_closure_removes_most_of_the_drift_at_the_return(loop_run):
@@ -67,6 +73,17 @@ def test_loop_closure_removes_most_of_the_drift_at_the_return(loop_run):
     # the correction is the current keyframe's optimised pose after its odometry pose
     kf = tr.current_keyframe
     np.testing.assert_allclose(tr.map_from_odom @ kf.pose, tr.loops.map_pose(kf.id, kf.pose), atol=1e-9)
+
+
+def test_step_only_enqueues_loop_work(loop_run):
+    """Every loop registration runs in the worker: on the calling thread, tracking with loop
+    closure registers exactly as often as without it."""
+    calls = loop_run["calls"]
+    main = threading.current_thread().name
+    on_main = [c for c in calls["with"] if c == main]
+    assert len(on_main) == len(calls["without"])
+    worker = [c for c in calls["with"] if c != main]
+    assert worker and set(worker) == {"ukpgan-loop-closure"}
 
 
 def test_map_v2_round_trip_and_v1_still_loads(loop_run, tmp_path):
