@@ -143,7 +143,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     indices = list(range(start, end, max(1, args.stride)))
     if not indices:
         raise ValueError(f"no frames to map: start {start} of {len(seq)}")
-    source_of = dict(enumerate(indices)) if args.there_and_back else None
+    source_of = None  # playback index -> sequence index, when they differ
     if args.there_and_back:
         seq = ThereAndBackSequence(seq, indices)
         source_of = dict(enumerate(seq.order))
