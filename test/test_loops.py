@@ -181,3 +181,17 @@ def test_looping_sources_return_to_their_start():
     back = lidar.pose_at(50 / lidar.rate_hz)
     assert np.linalg.norm(back[:3, 3] - lidar.pose(0)[:3, 3]) < 1e-6
     assert np.linalg.norm(lidar.pose(25)[:3, 3] - lidar.pose(0)[:3, 3]) > 20.0
+
+
+def test_map_cli_plays_there_and_back_and_reports_loop_closure(tmp_path, capsys):
+    from ukpgan_ros.cli import main
+
+    rc = main(["map", "--data", "synthetic", "--frames", "12", "--stride", "2", "--there-and-back",
+               "--out", str(tmp_path / "m")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "(6 frames, there and back)" in out and "loop closure:" in out and "keyframe ATE" in out
+    rows = [line.split()[0] for line in out.splitlines() if line[:6].strip().isdigit()]
+    assert rows == ["0", "1", "2", "3", "4", "5"]
+    kmap = load_map(tmp_path / "m")
+    assert {k.index for k in kmap} <= {0, 2, 4, 6, 8, 10}  # keyframes keep the sequence's own indices
