@@ -114,7 +114,7 @@ def agree(A: np.ndarray, B: np.ndarray, max_m: float, max_deg: float) -> bool:
     return float(np.linalg.norm(d[:3, 3])) <= max_m and rotation_angle_deg(d[:3, :3]) <= max_deg
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity (its arrays have no truth value)
 class _Hypothesis:
     edge: Edge  # loop edge old -> new
     drift: np.ndarray
@@ -291,7 +291,7 @@ class LoopCloser:
             with self._lock:
                 self._edges.extend(h.edge for h in accepted)
             self.stats.accepted += len(accepted)
-            self._optimise(kf_id)
+            self._optimise()
 
     def _verify(self, cand, kf_id: int, odom_pose: np.ndarray, frame: FrameFeatures, register: Register
                 ) -> _Hypothesis | None:
@@ -338,7 +338,7 @@ class LoopCloser:
                 hs[:] = [o for o in hs if o not in confirmed]
         return out + confirmed
 
-    def _optimise(self, kf_id: int) -> None:
+    def _optimise(self) -> None:
         with self._lock:
             odom, edges = dict(self._odom), list(self._edges)
         snap = self.snapshot
