@@ -41,7 +41,7 @@ _MIN_VARIANCE = 1e-10
 _ROS_TO_GTSAM = np.array([3, 4, 5, 0, 1, 2])  # (x y z rx ry rz) -> GTSAM's (rx ry rz x y z)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity (its arrays have no truth value)
 class Edge:
     """A relative pose measurement between keyframes ``i`` and ``j``."""
 
