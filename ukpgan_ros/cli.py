@@ -261,6 +261,11 @@ def _merge_maps(args: argparse.Namespace) -> int:
             e = np.array(errs)
             print(f"merged keyframes vs ground truth ({len(e)}): translation max {100 * e[:, 0].max():.2f} cm, "
                   f"RMS {100 * np.sqrt(np.mean(e[:, 0] ** 2)):.2f} cm; rotation max {e[:, 1].max():.2f} deg")
+            b0 = min((k for k in b if k.index is not None), key=lambda k: k.id, default=None)
+            if b0 is not None and pose(b0.index) is not None:  # the map-to-map transform on its own
+                T_true = np.linalg.inv(gt0) @ pose(b0.index) @ np.linalg.inv(b0.pose)
+                print(f"T_a_from_b vs ground truth: {100 * translation_error(rep.T_a_from_b, T_true):.2f} cm, "
+                      f"{rotation_error_deg(rep.T_a_from_b, T_true):.2f} deg (map A's drift where they overlap included)")
     pipe.release()
     return 0
 
