@@ -20,6 +20,23 @@ def test_register_3dmatch_pair_within_issue_bounds(capsys):
     assert m and float(m.group(1)) < 2.0 and float(m.group(2)) < 5.0, out
 
 
+
+def test_register_kitti_scans_with_the_defaults(tmp_path, capsys):
+    """A KITTI Velodyne .bin is a cloud file like any other; with the shipped defaults the scan
+    registers to scan 0 within 5 cm / 0.5 deg of the reference pose, at the voxel the cap chose."""
+    d = need(DATA / "kitti-00-velodyne")
+    T = np.eye(4)
+    T[:3] = np.loadtxt(d / "poses_velodyne.txt")[4].reshape(3, 4)
+    gt = tmp_path / "gt.txt"
+    np.savetxt(gt, T)
+    rc = main(["register", str(d / "velodyne/000004.bin"), str(d / "velodyne/000000.bin"), "--gt", str(gt)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "success True" in out, out
+    m = re.search(r"rotation ([\d.]+) deg, translation ([\d.]+) cm", out)
+    assert m and float(m.group(1)) < 0.5 and float(m.group(2)) < 5.0, out
+    voxel = float(re.search(r"shot, ([\d.]+) m voxels", out).group(1))
+    assert voxel > 0.3, "the working-point cap picks a coarser voxel for a 124 k-point scan"
+
 def test_detect_writes_keypoints_and_picture(tmp_path, capsys):
     d = need(DATA / "pcl-bunny")
     out_ply, png = tmp_path / "kp.ply", tmp_path / "kp.png"

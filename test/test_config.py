@@ -25,7 +25,7 @@ def test_defaults_are_valid_and_radii_follow_the_voxel():
 
 @pytest.mark.parametrize("bad, word", [
     ({"voxel_size": -0.1}, "voxel_size"), ({"detector": "sift"}, "detector"), ({"max_keypoints": 0}, "max_keypoints"),
-    ({"icp_refine": 1}, "icp_refine"), ({"min_range": 9.0}, "min_range"), ({"registration": "reference"}, "reference_cloud"),
+    ({"icp_refine": 1}, "icp_refine"), ({"min_range": 9.0, "max_range": 5.0}, "min_range"), ({"registration": "reference"}, "reference_cloud"),
     ({"unknown_knob": 1}, "unknown_knob"), ({"device": "tpu"}, "device"), ({"odom_frame": ""}, "odom_frame"),
     ({"odom_frame": " odom"}, "odom_frame"),
 ])

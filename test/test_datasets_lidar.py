@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 
 from conftest import DATA, need
 from ukpgan_ros.datasets import KittiSequence, ScanFolderSequence, has_depth, open_sequence
-from ukpgan_ros.datasets.kitti import read_kitti_bin
+from ukpgan_ros.io import read_kitti_bin
 from ukpgan_ros.io import write_cloud
 
 

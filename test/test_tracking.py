@@ -238,7 +238,7 @@ def test_pipeline_modes_with_a_saved_map(stream, tmp_path):
         KeypointPipeline(PipelineConfig(registration="reference", reference_cloud=str(folder), descriptor="fpfh"),
                          detector=stream["pipe"].detector)
     with pytest.raises(MapFormatError, match="voxel_size: 0.05"):
-        KeypointPipeline(PipelineConfig(registration="reference", reference_cloud=str(folder), voxel_size=0.04),
+        KeypointPipeline(PipelineConfig(registration="reference", reference_cloud=str(folder), voxel_size=0.06),
                          detector=stream["pipe"].detector)
     with pytest.raises(ValueError, match="keeps no keyframes"):
         KeypointPipeline(PipelineConfig(registration="consecutive"), detector=stream["pipe"].detector).save_map(tmp_path / "x")

@@ -67,7 +67,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     feats = pipe.describe(pts, timings=timings)
     cloud, kps = feats.cloud, feats.keypoints
-    print(f"{args.file}: {len(pts)} points -> {len(cloud)} at {cfg.voxel_size} m voxels -> "
+    print(f"{args.file}: {len(pts)} points -> {len(cloud)} at {pipe.cfg.voxel_size:.3g} m voxels -> "
           f"{len(kps)} {cfg.detector} keypoints")
     print(f"time: preprocess {1e3 * timings['preprocess']:.1f} ms, load detector {1e3 * load:.1f} ms, "
           f"detect {1e3 * timings['detect']:.1f} ms")
@@ -98,7 +98,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     res = register_clouds(src, tgt, cfg)
     total = time.perf_counter() - t0
     np.set_printoptions(precision=6, suppress=True)
-    print(f"T_target_from_source ({cfg.detector} keypoints, {cfg.descriptor}, {cfg.voxel_size} m voxels):")
+    print(f"T_target_from_source ({cfg.detector} keypoints, {cfg.descriptor}, {res.voxel_size:.3g} m voxels):")
     print(res.T_tgt_from_src)
     print(f"success {res.success}{' (' + res.message + ')' if res.message else ''}; fitness {res.fitness:.3f}, "
           f"inlier RMSE {100 * res.inlier_rmse:.2f} cm, {res.num_inliers}/{res.num_correspondences} inlier matches")
@@ -151,7 +151,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     pipe = KeypointPipeline(cfg)
     print(f"map: {getattr(seq, 'name', args.data)} frames {start}-{end - 1} every {max(1, args.stride)}th "
           f"({len(indices)} frames{', there and back' if args.there_and_back else ''}), {cfg.detector} + "
-          f"{cfg.descriptor}, voxel {cfg.voxel_size} m, loop closure {'on' if cfg.loop_closure else 'off'}")
+          f"{cfg.descriptor}, finest voxel {cfg.voxel_size} m, loop closure {'on' if cfg.loop_closure else 'off'}")
     first_gt, placed, last, gts = None, 0, None, {}
     t0, frame_s = time.perf_counter(), []
     for i in indices:
@@ -180,7 +180,8 @@ def cmd_map(args: argparse.Namespace) -> int:
         print(line, flush=True)
     t_track = time.perf_counter() - t0
     folder, count = pipe.save_map(args.out)  # waits for queued loop closure work
-    print(f"placed {placed}/{len(indices)} frames in {t_track:.0f} s ({1e3 * np.mean(frame_s):.0f} ms per frame); "
+    print(f"placed {placed}/{len(indices)} frames at {pipe.cfg.voxel_size:.3g} m voxels in {t_track:.0f} s "
+          f"({1e3 * np.mean(frame_s):.0f} ms per frame); "
           f"{count} keyframes written to {folder}"
           + (f"; last pose off ground truth by {last[0]:.2f} deg, {100 * last[1]:.2f} cm" if last else ""))
     _report_loops(pipe.tracker, gts, last)

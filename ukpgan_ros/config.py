@@ -94,16 +94,27 @@ class PipelineConfig(_Fields):
 
     detector: str = _f("ukpgan", "keypoint detector backend", choices=DETECTORS)
     device: str = _f("auto", "torch device for the detector and SHOT", choices=DEVICES)
-    voxel_size: float = _f(0.05, "voxel size of the working cloud [m]; radii derive from it", range=(0.005, 1.0))
+    voxel_size: float = _f(
+        0.05, "voxel size of the working cloud [m]; radii derive from it. The finest voxel: a stream whose first "
+              "cloud would hold more than max_working_points points at it works at a coarser one",
+        range=(0.005, 1.0))
     working_points: int = _f(
-        0, "auto voxel: 0 keeps voxel_size; N > 0 picks the voxel on the first frame of a stream (and after a "
-           "reset) so that the working cloud holds about N points; radii follow the chosen voxel",
+        0, "auto voxel: 0 keeps voxel_size (up to max_working_points); N > 0 picks the voxel on the first frame of a "
+           "stream (and after a reset) so that the working cloud holds about N points, finer or coarser than "
+           "voxel_size; radii follow the chosen voxel",
+        range=(0, 1000000))
+    max_working_points: int = _f(
+        6000, "working-cloud cap: a stream whose first cloud (and the first after a reset) holds more points than "
+              "this at voxel_size works at the smallest coarser voxel that fits (LiDAR scans, large scenes: every "
+              "sensor costs about the same per frame; a 640x480 depth camera at 5 cm stays below it); 0: no cap",
         range=(0, 1000000))
     max_keypoints: int = _f(250, "keypoint budget per frame", range=(4, 100000), live=True)
     nms_radius: float = _f(0.0, "non-maximum suppression radius [m]; 0 means 1.5 x voxel_size (the match distance)",
                            range=(0.0, 10.0))
     min_range: float = _f(0.1, "drop points closer than this to the sensor [m]", range=(0.0, 100.0), live=True)
-    max_range: float = _f(5.0, "drop points farther than this from the sensor [m]", range=(0.01, 1000.0), live=True)
+    max_range: float = _f(1000.0, "drop points farther than this from the sensor [m] (default: none; "
+                                  "max_working_points bounds the cost of far-reaching sensors)",
+                          range=(0.01, 1000.0), live=True)
     descriptor: str = _f("shot", "descriptor at keypoints for matching (shot: free from the UKPGAN pass)",
                          choices=DESCRIPTORS)
     match_against: str = _f(
@@ -127,6 +138,11 @@ class PipelineConfig(_Fields):
     min_inliers: int = _f(6, "fewer RANSAC inlier matches than this marks a registration failed", range=(3, 100000), live=True)
     min_fitness: float = _f(0.2, "lower final fitness (overlap fraction) marks a registration failed", range=(0.0, 1.0),
                          live=True)
+    min_constraint: float = _f(
+        0.04, "a registration whose point pairs leave a direction of motion unconstrained (smallest eigenvalue of "
+              "their normalised point-to-plane Hessian below this: rings a spinning LiDAR draws on the floor, a "
+              "floor and walls along the motion, one plane) is marked failed; 0: no check. Generic scenes give "
+              ">= 0.08 (KITTI, 7-Scenes, 3DMatch), degenerate fits < 0.03", range=(0.0, 1.0), live=True)
     keyframe_min_fitness: float = _f(
         0.6, "keyframe mode: a frame whose overlap (fitness) with the keyframe is below this becomes a keyframe",
         range=(0.0, 1.0), live=True)
@@ -193,6 +209,11 @@ class PipelineConfig(_Fields):
     def descriptor_radius(self, kind: str | None = None) -> float:
         """Support radius [m] of descriptor ``kind`` (default: the configured one), from the registry."""
         return _descriptor(kind or self.descriptor).radius(self.voxel_size)
+
+    @property
+    def auto_voxel(self) -> bool:
+        """Whether the voxel is chosen from a stream's first cloud (working_points or the cap)."""
+        return self.working_points > 0 or self.max_working_points > 0
 
     @property
     def effective_nms_radius(self) -> float:

@@ -22,10 +22,11 @@ import open3d as o3d
 
 __all__ = [
     "read_cloud", "write_cloud", "read_transform", "read_depth_png", "read_intrinsics", "read_pose_or_none",
-    "regular_file", "MAX_CLOUD_BYTES",
+    "regular_file", "MAX_CLOUD_BYTES", "read_kitti_bin", "KITTI_POINT_BYTES",
 ]
 
-_CLOUD_SUFFIXES = (".ply", ".pcd", ".npy", ".xyz", ".txt")
+_CLOUD_SUFFIXES = (".ply", ".pcd", ".npy", ".xyz", ".txt", ".bin")
+KITTI_POINT_BYTES = 16  # a KITTI Velodyne .bin point: float32 x, y, z, reflectance
 
 # Default cap on the bytes a cloud file may hold or its header may claim (PipelineConfig.max_cloud_bytes).
 MAX_CLOUD_BYTES = 2 * 1024**3
@@ -282,9 +283,30 @@ def _check_npy(p: Path, size: int, max_bytes: int) -> None:
 
 # ----------------------------------------------------------------------------- point clouds
 
+def read_kitti_bin(path: str | Path, with_reflectance: bool = False) -> np.ndarray:
+    """A KITTI ``.bin`` scan as float32 (N, 3) (or (N, 4) with reflectance), every row as stored.
+
+    ValueError naming the file when its size is not a whole number of 16-byte points or a
+    coordinate is NaN/inf (the point index is given).
+    """
+    p = regular_file(path, "KITTI scan")
+    size = p.stat().st_size
+    if size % KITTI_POINT_BYTES:
+        raise ValueError(f"{p}: {size} bytes is not a whole number of {KITTI_POINT_BYTES}-byte points "
+                         "(float32 x, y, z, reflectance): truncated or not a KITTI scan")
+    scan = np.fromfile(p, dtype="<f4").reshape(-1, 4)
+    bad = ~np.isfinite(scan).all(axis=1)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{p}: point {k} (byte {k * KITTI_POINT_BYTES}) holds NaN or inf: {scan[k].tolist()} "
+                         f"({int(bad.sum())} such points)")
+    scan = scan.astype(np.float32)  # native byte order
+    return scan if with_reflectance else np.ascontiguousarray(scan[:, :3])
+
 
 def read_cloud(path: str | Path, max_bytes: int = MAX_CLOUD_BYTES) -> np.ndarray:
-    """Read a PLY, PCD (ascii/binary/binary_compressed), NPY (N, 3) or XYZ/TXT cloud as float32 (N, 3).
+    """Read a PLY, PCD (ascii/binary/binary_compressed), NPY (N, 3), XYZ/TXT or KITTI Velodyne
+    ``.bin`` cloud as float32 (N, 3).
 
     Non-finite points (organised PCDs mark holes with NaN) are dropped. XYZ/TXT take the first
     three whitespace- or comma-separated columns, so ``x y z nx ny nz`` files load too.
@@ -323,6 +345,9 @@ def read_cloud(path: str | Path, max_bytes: int = MAX_CLOUD_BYTES) -> np.ndarray
         if arr.ndim != 2 or arr.shape[1] != 3:
             raise ValueError(f"{p}: expected at least 3 numeric columns per line, got shape {arr.shape}")
         return _finite_points(arr, p)
+    if suffix == ".bin":  # returns at the origin are no points (no echo)
+        scan = read_kitti_bin(p)
+        return scan[np.any(scan != 0.0, axis=1)]
     raise ValueError(f"{p}: unsupported cloud format {suffix!r} (expected one of {', '.join(_CLOUD_SUFFIXES)})")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ukpgan_ros.cloud import WorkingCloud, as_points, crop_range, make_working_cloud, voxel_for_budget
+from ukpgan_ros.cloud import WorkingCloud, as_points, choose_voxel, crop_range, make_working_cloud
 from ukpgan_ros.config import PipelineConfig
 from ukpgan_ros.detectors import Detector, Keypoints, make_detector
 from ukpgan_ros.device import free_cached_memory, resolve_device
@@ -89,7 +89,8 @@ class KeypointPipeline:
         self.device = str(resolve_device(cfg.device))  # where SHOT descriptors run
         self._owns_detector = detector is None
         self.detector = detector if detector is not None else make_detector(cfg)
-        self._voxel_chosen = cfg.working_points == 0
+        self._voxel_chosen = not cfg.auto_voxel
+        self._finest_voxel = cfg.voxel_size  # the configured voxel: the cap's floor at every (re)choice
         self._velocity: tuple[np.ndarray, float] | None = None  # last motion and its duration [s] (deskew)
         self._last_placed_stamp: float | None = None
         self._reference: KeyframeMap | None = None
@@ -141,9 +142,13 @@ class KeypointPipeline:
         return kmap
 
     def _adopt_map(self, kmap: KeyframeMap) -> None:
-        """Check a loaded map against the configuration; its voxel wins with working_points > 0."""
+        """Check a loaded map against the configuration; its voxel wins with working_points > 0, and
+        with the max_working_points cap where it is coarser than voxel_size."""
         cfg = self._cfg
-        voxel = kmap.check_compatible(cfg.descriptor, cfg.voxel_size, cfg.working_points > 0, cfg.reference_cloud)
+        map_voxel = float(kmap.meta.get("voxel_size", cfg.voxel_size))
+        # working_points picks any voxel; the cap only coarser ones than voxel_size
+        adopt = cfg.working_points > 0 or (cfg.max_working_points > 0 and map_voxel > cfg.voxel_size)
+        voxel = kmap.check_compatible(cfg.descriptor, cfg.voxel_size, adopt, cfg.reference_cloud)
         if voxel != cfg.voxel_size:
             self._set_voxel(voxel)
         self._voxel_chosen = True
@@ -153,7 +158,7 @@ class KeypointPipeline:
         reference map (whose voxel, with working_points > 0, stays the stream's)."""
         if self.tracker is not None:
             self.tracker.reset()
-        self._voxel_chosen = self._cfg.working_points == 0 or self._reference is not None
+        self._voxel_chosen = not self._cfg.auto_voxel or self._reference is not None
         self._velocity, self._last_placed_stamp = None, None
 
     @property
@@ -185,8 +190,9 @@ class KeypointPipeline:
         return save_map(kmap, folder), len(kmap)
 
     def _choose_voxel(self, points: np.ndarray, crop: bool = True) -> None:
-        """With ``working_points`` > 0, pick the voxel for this stream from its first cloud, so
-        close-range and room-sized scenes cost the same; radii and the detector follow it."""
+        """With ``working_points`` > 0 or the ``max_working_points`` cap, pick the voxel for this
+        stream from its first cloud, so every sensor and scene costs about the same; radii and the
+        detector follow it."""
         if self._voxel_chosen:
             return
         cfg = self.cfg
@@ -196,7 +202,7 @@ class KeypointPipeline:
         if len(pts) == 0:
             return  # decided on the next usable frame
         lo, hi = PipelineConfig.__dataclass_fields__["voxel_size"].metadata["range"]
-        voxel = voxel_for_budget(pts, cfg.working_points, cfg.voxel_size, lo, hi)
+        voxel = choose_voxel(pts, self._finest_voxel, cfg.working_points, cfg.max_working_points, lo, hi)
         self._voxel_chosen = True
         if voxel != cfg.voxel_size:
             self._set_voxel(voxel)
@@ -295,12 +301,13 @@ class KeypointPipeline:
         res = register_features(
             src, tgt, cfg.match_distance, max_iterations=cfg.ransac_max_iterations,
             confidence=cfg.ransac_confidence, icp_refine=cfg.icp_refine,
-            min_inliers=cfg.min_inliers, min_fitness=cfg.min_fitness, seed=cfg.seed,
+            min_inliers=cfg.min_inliers, min_fitness=cfg.min_fitness, min_constraint=cfg.min_constraint,
+            seed=cfg.seed,
             dense_target=cfg.match_against == "dense",
         )
         if timings is not None:
             timings.update(res.timings)
-        return res
+        return dataclasses.replace(res, voxel_size=cfg.voxel_size)
 
     def deskewed(self, points: np.ndarray, times: np.ndarray | None) -> np.ndarray:
         """``points`` moved to the sensor frame at the stamp (``times``: seconds after it, per

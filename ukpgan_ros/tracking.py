@@ -144,7 +144,7 @@ def checked_pose(pose, covariance=None, what: str = "pose") -> tuple[np.ndarray,
 def _covariance_of(reg: RegistrationResult, src: FrameFeatures, tgt: FrameFeatures, distance: float,
                    odom_from_tgt: np.ndarray, sigma_floor: float) -> np.ndarray:
     """The registration's covariance moved into the odometry frame."""
-    C = registration_covariance(src.cloud, tgt.cloud, reg.T_tgt_from_src, distance, sigma_floor)
+    C = registration_covariance(src.cloud, tgt.cloud, reg.T_tgt_from_src, distance, sigma_floor, pairs=reg.pairs)
     return moved_covariance(odom_from_tgt, C, "registration covariance")
 
 

@@ -25,11 +25,9 @@ from ukpgan_ros.datasets.lidar import (
     read_kitti_poses,
     read_times,
 )
-from ukpgan_ros.io import regular_file
+from ukpgan_ros.io import read_kitti_bin
 
-__all__ = ["KittiSequence", "read_kitti_bin", "kitti_scan_dir", "KITTI_POINT_BYTES"]
-
-KITTI_POINT_BYTES = 16  # float32 x, y, z, reflectance
+__all__ = ["KittiSequence", "kitti_scan_dir"]
 
 
 def kitti_scan_dir(folder: Path) -> Path | None:
@@ -38,27 +36,6 @@ def kitti_scan_dir(folder: Path) -> Path | None:
         if cand.is_dir() and any(cand.glob("*.bin")):
             return cand
     return None
-
-
-def read_kitti_bin(path: str | Path, with_reflectance: bool = False) -> np.ndarray:
-    """A KITTI ``.bin`` scan as float32 (N, 3) (or (N, 4) with reflectance), every row as stored.
-
-    ValueError naming the file when its size is not a whole number of 16-byte points or a
-    coordinate is NaN/inf (the point index is given).
-    """
-    p = regular_file(path, "KITTI scan")
-    size = p.stat().st_size
-    if size % KITTI_POINT_BYTES:
-        raise ValueError(f"{p}: {size} bytes is not a whole number of {KITTI_POINT_BYTES}-byte points "
-                         "(float32 x, y, z, reflectance): truncated or not a KITTI scan")
-    scan = np.fromfile(p, dtype="<f4").reshape(-1, 4)
-    bad = ~np.isfinite(scan).all(axis=1)
-    if bad.any():
-        k = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{p}: point {k} (byte {k * KITTI_POINT_BYTES}) holds NaN or inf: {scan[k].tolist()} "
-                         f"({int(bad.sum())} such points)")
-    scan = scan.astype(np.float32)  # native byte order
-    return scan if with_reflectance else np.ascontiguousarray(scan[:, :3])
 
 
 class KittiSequence(CloudSequence):
