@@ -305,7 +305,7 @@ class LoopCloser:
         if not (reg.success and reg.fitness >= p.min_fitness and reg.num_inliers >= p.min_inliers):
             return None
         cov = registration_covariance(cand.features.cloud, frame.cloud, reg.T_tgt_from_src, self.distance,
-                                      self.sigma_floor)
+                                      self.sigma_floor, pairs=reg.pairs)
         edge = loop_edge(cand.id, kf_id, reg.T_tgt_from_src, cov, reg.fitness)
         return _Hypothesis(edge, drift_of(self._odom[cand.id], edge.T_i_from_j, odom_pose))
 
@@ -443,7 +443,8 @@ def merge_maps(a: KeyframeMap, b: KeyframeMap, register: Register, distance: flo
     loops = []
     for m in best:
         ka, kb, reg, _T = hyps[m]
-        cov = registration_covariance(ka.features.cloud, kb.features.cloud, reg.T_tgt_from_src, distance, sigma_floor)
+        cov = registration_covariance(ka.features.cloud, kb.features.cloud, reg.T_tgt_from_src, distance, sigma_floor,
+                                     pairs=reg.pairs)
         loops.append(loop_edge(ka.id, kb.id + offset, reg.T_tgt_from_src, cov, reg.fitness))
     edges = a_edges + b_edges + loops
     res = optimize({k.id: k.pose for k in frames}, edges, fixed=min(k.id for k in a))
