@@ -30,6 +30,7 @@ closes). Odometry itself never jumps: the tracker keeps tracking in the odometry
 from __future__ import annotations
 
 import collections
+import os
 import queue
 import threading
 from dataclasses import dataclass, field, replace
@@ -51,6 +52,8 @@ Register = Callable[[FrameFeatures, FrameFeatures], RegistrationResult]
 # The worker thread ends after this long without work (a dropped tracker leaves no thread behind);
 # the next job starts a new one.
 IDLE_EXIT_S = 30.0
+# The worker runs at the lowest CPU priority (nice 19), so the frame path keeps its rate.
+WORKER_NICE = 19
 
 # Two loops agree on the drift within this many voxels (and agree_deg): the drift between two
 # neighbouring keyframes changes by much less, a loop to the wrong place by much more.
@@ -231,6 +234,10 @@ class LoopCloser:
         self._recent: collections.deque = collections.deque()  # (kf_id, [hypotheses])
 
     def _run(self) -> None:
+        try:  # the frame path comes first: on Linux a thread has its own nice value
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+        except (AttributeError, OSError):
+            pass
         while True:
             try:
                 job = self._jobs.get(timeout=IDLE_EXIT_S)
