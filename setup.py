@@ -51,7 +51,7 @@ setup(
             "ros-nav-msgs~=5.5",
         ],
         # The registration peers benchmarks/ compares against, at the versions measured.
-        "bench": ["small_gicp==1.0.1", "kiss-icp==1.3.0"],
+        "bench": ["small_gicp==1.0.1", "kiss-icp==1.3.0", "kiss-matcher==1.0.2"],
         "test": ["pytest>=8", "PyYAML>=6.0", "pillow>=9", "hypothesis>=6.100"],
     },
     zip_safe=False,

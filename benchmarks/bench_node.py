@@ -1,10 +1,12 @@
-"""The live detector node under a camera-like stream, in the spirit of ros2_benchmark.
+"""The live detector node under a camera-like or LiDAR stream, in the spirit of ros2_benchmark.
 
 Three processes: this orchestrator (no ROS), the real ``ukpgan_detector`` node
 (``python -m ukpgan_ros.ros.detector_node``, autostart, default parameters unless ``--param``),
 and a *publisher process* that plays 640x480 organized PointCloud2 frames (NaN holes, as a depth
-camera driver publishes them) from 7-Scenes or the built-in synthetic camera, stamps each with
-the clock at publication, and listens to the node's ``~/keypoints`` and ``/diagnostics``. The
+camera driver publishes them) from 7-Scenes or the built-in synthetic camera, or spinning-LiDAR
+scans as unorganized PointCloud2 (``kitti``: the six KITTI HDL-64E scans of ../shared/data,
+looped; ``synthetic_lidar``: the built-in 64-beam street; or any KITTI/PCD/PLY scan folder), stamps
+each with the clock at publication, and listens to the node's ``~/keypoints`` and ``/diagnostics``. The
 publisher process also samples the node process from /proc (Linux): CPU (% of one core), RSS,
 threads, open descriptors.
 
@@ -19,11 +21,14 @@ Two modes, one tool:
   same figures (latency over the interval; counters cumulative), then the totals and growth.
 
 Frames play forward then backward (0..n-1..0), so consecutive registration sees continuous motion.
+LiDAR sources start the node with ``voxel_size:=0.3 max_range:=100.0`` (the LiDAR evaluation
+profile's voxel and range; a ``--param`` given on the command line wins).
 Each source gets a fresh node on a private ROS domain (localhost only); the publisher uses
 ``config/fastdds_shm.xml`` unless ``--transport default`` (see README: transport).
 
     PYTHONPATH=. python benchmarks/bench_node.py --sources 7scenes synthetic --rates 1 2 5 10 15 30 --seconds 20
     PYTHONPATH=. python benchmarks/bench_node.py --sources 7scenes --minutes 10 --rate 30 --interval 60
+    PYTHONPATH=. python benchmarks/bench_node.py --sources kitti synthetic_lidar --rates 10 --seconds 20
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cloud_transport import ros_env  # noqa: E402  (private domain, localhost, profile on/off)
 
 DEFAULT_7SCENES = REPO.parent / "shared/data/7scenes-redkitchen"
+DEFAULT_KITTI = REPO.parent / "shared/data/kitti-00-velodyne"
+SOURCE_PATHS = {"7scenes": DEFAULT_7SCENES, "kitti": DEFAULT_KITTI}
+LIDAR_PARAMS = ("voxel_size:=0.3", "max_range:=100.0")  # the LiDAR profile's voxel; the scans' range
 TOPIC = "/bench/cloud"
 NODE = "ukpgan_detector"
 COUNTERS = ("frames_received", "frames_processed", "frames_dropped", "frames_malformed", "errors")
@@ -77,17 +85,46 @@ class ProcSampler:
 
 
 # ------------------------------------------------------------------------------ frames
-def organized_cloud_msgs(source: str, count: int):
-    """``count`` 640x480 organized PointCloud2 messages (x, y, z float32; NaN where depth is invalid)."""
-    from ukpgan_ros.datasets import open_sequence
-    from ukpgan_ros.ros.cloud_msgs import xyz_to_pointcloud2
+def _open(source: str, count: int):
+    """The sequence of a source name: 7scenes, kitti, synthetic, synthetic_lidar or a path."""
+    from ukpgan_ros.datasets import is_synthetic, open_sequence
 
     if source == "synthetic":
-        seq = open_sequence("synthetic", num_frames=count, width=640, height=480)
-        step = 1
-    else:
-        seq = open_sequence(str(DEFAULT_7SCENES) if source == "7scenes" else source)
-        step = max(1, min(5, len(seq) // count))
+        return open_sequence("synthetic", num_frames=count, width=640, height=480)  # camera only
+    if is_synthetic(source):
+        return open_sequence(source, num_frames=count)
+    return open_sequence(str(SOURCE_PATHS.get(source, source)))
+
+
+def is_lidar_source(source: str) -> bool:
+    """Whether a source plays LiDAR scans (a sequence without depth images)."""
+    from ukpgan_ros.datasets import has_depth
+
+    return not has_depth(_open(source, 1))
+
+
+def stream_msgs(source: str, count: int):
+    """The messages a source plays: LiDAR scans or organized camera clouds."""
+    seq = _open(source, count)
+    from ukpgan_ros.datasets import has_depth
+
+    return organized_cloud_msgs(seq, count) if has_depth(seq) else lidar_cloud_msgs(seq, count)
+
+
+def lidar_cloud_msgs(seq, count: int):
+    """Up to ``count`` scans as unorganized PointCloud2 (x, y, z float32) in the sensor frame."""
+    from ukpgan_ros.ros.cloud_msgs import xyz_to_pointcloud2
+
+    msgs = [xyz_to_pointcloud2(seq[i].points().astype(np.float32), frame_id="velodyne")
+            for i in range(min(len(seq), count))]
+    return msgs + msgs[-2:0:-1]  # forward, then backward: no jump when it loops
+
+
+def organized_cloud_msgs(seq, count: int):
+    """``count`` 640x480 organized PointCloud2 messages (x, y, z float32; NaN where depth is invalid)."""
+    from ukpgan_ros.ros.cloud_msgs import xyz_to_pointcloud2
+
+    step = max(1, min(5, len(seq) // count))
     msgs = []
     for i in range(0, min(len(seq), step * count), step):
         frame = seq[i]
@@ -214,7 +251,7 @@ def _emit(obj) -> None:
 
 
 def run_publisher(args) -> None:
-    msgs = organized_cloud_msgs(args.source, args.frames)
+    msgs = stream_msgs(args.source, args.frames)
     sampler = ProcSampler(args.node_pid)
     probe = Probe(args)
     deadline = time.monotonic() + 60
@@ -293,6 +330,10 @@ def run_source(args, source: str, domain: int) -> list[dict]:
     pub_env = ros_env(domain, use_profile=args.transport == "shm_pub")
     cmd = [sys.executable, "-m", "ukpgan_ros.ros.detector_node", "--ros-args", "-p", "autostart:=true",
            "-r", f"cloud_in:={TOPIC}", "-r", f"__node:={NODE}"]
+    given = {p.split(":=")[0] for p in args.param}
+    for p in (LIDAR_PARAMS if is_lidar_source(source) else ()):
+        if p.split(":=")[0] not in given:
+            cmd += ["-p", p]
     for p in args.param:
         cmd += ["-p", p]
     node = subprocess.Popen(cmd, env=node_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
@@ -350,7 +391,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--role", choices=["main", "pub"], default="main", help=argparse.SUPPRESS)
     p.add_argument("--sources", nargs="+", default=["7scenes", "synthetic"],
-                   help="7scenes (../shared/data/7scenes-redkitchen), synthetic, or a sequence folder")
+                   help="7scenes (../shared/data/7scenes-redkitchen), synthetic, kitti (../shared/data/kitti-00-velodyne), "
+                        "synthetic_lidar, or a sequence folder")
     p.add_argument("--source", help=argparse.SUPPRESS)
     p.add_argument("--node-pid", type=int, help=argparse.SUPPRESS)
     p.add_argument("--rates", type=float, nargs="+", default=[1, 2, 5, 10, 15, 30], help="input rates, Hz")
@@ -368,14 +410,15 @@ def main() -> None:
     if args.role == "pub":
         run_publisher(args)
         return
-    print(f"# ukpgan_detector under a 640x480 organized PointCloud2 stream; {os.cpu_count()} CPUs, "
+    print(f"# ukpgan_detector under PointCloud2 streams (cameras: 640x480 organized; LiDAR: scans, "
+          f"{' '.join(LIDAR_PARAMS)}); {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.2f}; node parameters: defaults{' + ' + ' '.join(args.param) if args.param else ''}; "
           f"transport {args.transport}", flush=True)
     base = random.Random(os.getpid() ^ time.time_ns()).randrange(100, 200)
     rows = []
     for i, source in enumerate(args.sources):
-        if source == "7scenes" and not DEFAULT_7SCENES.exists():
-            print(f"7scenes: {DEFAULT_7SCENES} is absent, skipped")
+        if source in SOURCE_PATHS and not SOURCE_PATHS[source].exists():
+            print(f"{source}: {SOURCE_PATHS[source]} is absent, skipped")
             continue
         rows += run_source(args, source, base + i)
     rate_rows = [r for r in rows if r.get("mode") == "rate"]

@@ -85,3 +85,38 @@ def test_table_and_plot(bench, result, tmp_path):
     assert table.count("\n") == len(result["rows"]) + 1 and "| open3d | 0.05 | 1 | 2 |" in table and "| 1.00 | 1.00 |" in table
     png = bench.plot_time_vs_success(result["rows"], tmp_path / "t.png")
     assert png.stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def lidar_result(bench):
+    from ukpgan_ros.datasets import SyntheticLidarSequence
+
+    # the street at half the beams and columns: the same 100 m scene, a quarter of the points
+    seq = SyntheticLidarSequence(num_frames=3, beams=32, columns=900, motion="drive")
+    methods = ["ukpgan", "iss", "open3d"] + [m for m in ("small_gicp", "kiss_icp", "kiss_matcher")
+                                             if importlib.util.find_spec(m) is not None]
+    return bench.run_benchmark(seq, methods=methods, voxels=(0.3,), strides=(1,), frames=3, max_pairs=5,
+                               threads=1, warmup=False, log=lambda s: None)
+
+
+@pytest.mark.parametrize("method", ["ukpgan", "iss", "open3d", "small_gicp", "kiss_icp", "kiss_matcher"])
+def test_lidar_streams_use_the_lidar_profile(bench, lidar_result, method):
+    from ukpgan_ros.evaluation.metrics import LIDAR
+
+    assert lidar_result["sensor"] == "lidar" and lidar_result["max_range"] == bench.LIDAR_MAX_RANGE
+    assert lidar_result["thresholds"] == {"strict": LIDAR.strict, "loose": LIDAR.loose}
+    if method in ("small_gicp", "kiss_icp", "kiss_matcher"):
+        _peer(method)
+    if method in lidar_result["skipped"]:
+        pytest.skip(f"{method}: {lidar_result['skipped'][method]}")
+    r = _row(lidar_result, method)
+    assert r["pairs"] == 2 and r["frames"] == [0, 2]
+    # the car drives 1 m per scan; every method finds it within the strict 5 deg / 0.6 m
+    assert lidar_result["motion"]["1"]["motion_cm_median"] > 50
+    assert r["success"] == 1.0 and r["success_loose"] == 1.0, r
+    assert r["te_cm_median"] < 30.0, r
+    # the whole street, not a 5 m camera cut: thousands of 0.3 m voxels
+    assert r["working_points"] > 2000, r
+    pairs = [p for p in lidar_result["pairs"] if p["method"] == method]
+    for p in pairs:  # success is exactly the LiDAR thresholds applied to the errors
+        assert p["success"] == (p["ok_self"] and p["re_deg"] < LIDAR.strict[0] and p["te_m"] < LIDAR.strict[1])

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ukpgan_ros.evaluation.metrics import inlier_ratio, registration_success, relative_repeatability
+from ukpgan_ros.evaluation.metrics import (LIDAR, RGBD, inlier_ratio, registration_success, relative_repeatability,
+                                          sensor_profile)
 from ukpgan_ros.evaluation.pairs import frame_pairs
 from ukpgan_ros.evaluation.report import paired_differences, summarize
 from ukpgan_ros.evaluation.run import DATA_ENV, PairMetrics, add_arguments, run
@@ -74,8 +75,8 @@ def test_inlier_ratio_and_success_thresholds() -> None:
     tgt = _move(src, T)
     corr = np.stack([np.arange(50), np.arange(50)], 1)
     corr[:10, 1] = (corr[:10, 1] + 25) % 50  # 10 wrong matches
-    assert inlier_ratio(src, tgt, corr, T) == pytest.approx(0.8)
-    assert inlier_ratio(src, tgt, corr[:0], T) == 0.0
+    assert inlier_ratio(src, tgt, corr, T, RGBD.inlier_distance) == pytest.approx(0.8)
+    assert inlier_ratio(src, tgt, corr[:0], T, RGBD.inlier_distance) == 0.0
     E = T.copy()
     E[:3, 3] += [0.2, 0.0, 0.0]
     assert registration_success(E, T, 15, 0.3) and not registration_success(E, T, 5, 0.1)
@@ -83,6 +84,120 @@ def test_inlier_ratio_and_success_thresholds() -> None:
     c, s = np.cos(np.radians(10)), np.sin(np.radians(10))
     R[:2, :2] = [[c, -s], [s, c]]
     assert not registration_success(R @ T, T, 5, 10.0) and registration_success(R @ T, T, 15, 10.0)
+
+
+def _inlier_ratio_loop(src, tgt, corr, T, tau1):
+    hits = 0
+    for i, j in corr:
+        q = T[:3, :3] @ src[i] + T[:3, 3]
+        hits += float(np.sqrt(sum((q[k] - tgt[j][k]) ** 2 for k in range(3)))) < tau1
+    return hits / len(corr)
+
+
+def test_metric_functions_take_the_profiles_thresholds() -> None:
+    """The same matches and estimates judged at street scale (LiDAR) and room scale (RGB-D),
+    against a hand computation."""
+    rng = np.random.default_rng(5)
+    src = rng.uniform(-30, 30, (200, 3))
+    T = _rigid(6)
+    # target points displaced by known distances: 0.05 m (inlier for both), 0.3 m (LiDAR only), 1 m (neither)
+    shift = np.repeat([0.05, 0.3, 1.0, 0.05], 50)
+    direction = rng.normal(size=(200, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    tgt = _move(src, T) + shift[:, None] * direction
+    corr = np.stack([np.arange(200), np.arange(200)], 1)
+    assert inlier_ratio(src, tgt, corr, T, RGBD.inlier_distance) == pytest.approx(100 / 200)
+    assert inlier_ratio(src, tgt, corr, T, LIDAR.inlier_distance) == pytest.approx(150 / 200)
+    for tau in (RGBD.inlier_distance, LIDAR.inlier_distance, 2.0):
+        assert inlier_ratio(src, tgt, corr, T, tau) == pytest.approx(_inlier_ratio_loop(src, tgt, corr, T, tau))
+    # an estimate 1 m and 3 degrees off: a KITTI success (5°, 2 m), not a strict one (0.6 m), no RGB-D one
+    E = np.eye(4)
+    c, s = np.cos(np.radians(3)), np.sin(np.radians(3))
+    E[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
+    E = E @ T
+    E[:3, 3] = T[:3, 3] + [1.0, 0, 0]
+    assert registration_success(E, T, *LIDAR.loose)
+    assert not registration_success(E, T, *LIDAR.strict) and not registration_success(E, T, *RGBD.loose)
+    # the profiles themselves: KITTI's 5°/2 m and 0.6 m, 3DMatch's 15°/30 cm and 10 cm
+    assert (LIDAR.loose, LIDAR.strict, LIDAR.inlier_distance) == ((5.0, 2.0), (5.0, 0.6), 0.6)
+    assert (RGBD.loose, RGBD.strict, RGBD.inlier_distance, RGBD.repeat_eps) == ((15.0, 0.3), (5.0, 0.1), 0.1,
+                                                                                 (0.05, 0.1))
+    # repeatability radii scale: keypoints 0.4 m off repeat at LiDAR's loose radius, not at RGB-D's
+    kp = src[:40]
+    moved = _move(kp, T) + 0.4 * direction[:40]
+    assert relative_repeatability(kp, moved, src, _move(src, T), T, LIDAR.repeat_eps[1], 2 * LIDAR.voxel) == 1.0
+    assert relative_repeatability(kp, moved, src, _move(src, T), T, RGBD.repeat_eps[1], 2 * LIDAR.voxel) == 0.0
+
+
+def test_sensor_profile_follows_the_sequence(tmp_path) -> None:
+    from ukpgan_ros.datasets import open_sequence
+    from ukpgan_ros.evaluation.run import profile_for
+
+    assert sensor_profile(open_sequence("synthetic_lidar", num_frames=2)) is LIDAR
+    assert sensor_profile(open_sequence("synthetic", num_frames=2)) is RGBD
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    from ukpgan_ros.io import write_cloud
+
+    write_cloud(scans / "000.ply", np.random.default_rng(0).uniform(-5, 5, (50, 3)).astype(np.float32))
+    assert sensor_profile(open_sequence(str(scans))) is LIDAR  # a folder of scans is a LiDAR stream
+    if (DATA / "kitti-00-velodyne").is_dir():
+        assert sensor_profile(open_sequence(str(DATA / "kitti-00-velodyne"))) is LIDAR
+    if (DATA / "7scenes-redkitchen").is_dir():
+        assert sensor_profile(open_sequence(str(DATA / "7scenes-redkitchen"))) is RGBD
+    assert profile_for("auto") is RGBD  # fragments
+    assert profile_for("lidar", open_sequence("synthetic", num_frames=2)) is LIDAR  # the flag wins
+    assert profile_for("rgbd", open_sequence("synthetic_lidar", num_frames=2)) is RGBD
+    with pytest.raises(ValueError, match="unknown thresholds"):
+        profile_for("sonar")
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--thresholds", "sonar"])
+
+
+def test_lidar_pairs_follow_the_profile() -> None:
+    from ukpgan_ros.datasets import open_sequence
+    from ukpgan_ros.evaluation.pairs import sequence_pairs
+
+    # synthetic_lidar at the LiDAR profile's gaps and stride: 1, 2, 5, 10 scans (1 to 10 m at 10 m/s)
+    pairs, loaders = sequence_pairs("synthetic_lidar", list(LIDAR.gaps), LIDAR.stride, None, (0, 16))
+    assert sorted({p.gap for p in pairs}) == [1, 2, 5, 10]
+    assert {p.dataset for p in pairs} == {"synthetic_lidar"}
+    seq = open_sequence("synthetic_lidar")
+    for p in pairs:
+        s, t = int(p.src[len("frame"):]), int(p.tgt[len("frame"):])
+        assert s - t == p.gap and t % LIDAR.stride == 0 and s < 16
+        np.testing.assert_allclose(p.T, np.linalg.inv(seq.pose(t)) @ seq.pose(s), atol=1e-9)
+        assert np.linalg.norm(p.T[:3, 3]) == pytest.approx(p.gap * 1.0, rel=0.05)  # drive: 10 m/s at 10 Hz
+    if (DATA / "kitti-00-velodyne").is_dir():
+        # KITTI's six scans: gaps 1..5 with a stride past the end give exactly the pairs (0, k)
+        pairs, loaders = sequence_pairs(str(DATA / "kitti-00-velodyne"), [1, 2, 3, 4, 5], 10, None, None)
+        assert [(p.src, p.tgt, p.dataset) for p in pairs] == [(f"frame{k}", "frame0", "kitti") for k in range(1, 6)]
+        assert np.linalg.norm(pairs[-1].T[:3, 3]) == pytest.approx(3.57, abs=0.05)  # the README's 3.57 m
+
+
+def test_eval_on_synthetic_lidar_uses_lidar_thresholds(tmp_path) -> None:
+    out = tmp_path / "out"
+    assert run(_args("--sequence", "synthetic_lidar", "--fragments", "", "--detectors", "iss", "random",
+                     "--budgets", "100", "--gaps", "1", "--max-pairs-per-gap", "1", "--trials", "1",
+                     "--out", str(out), "--no-progress")) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["options"]["thresholds"] == "auto"
+    assert {r["thresholds"] for r in res["rows"]} == {"lidar"}
+    by = {r["detector"]: r for r in res["summary"] if r["gap"] == 0}
+    # a 1 m drive registered within KITTI's 5 deg / 2 m from all voxels at the LiDAR profile's 0.3 m
+    assert by["all-points"]["registered"] == 1.0 and 5000 < by["all-points"]["keypoints"] < 30000
+    assert by["iss"]["inlier_ratio"] > by["random"]["inlier_ratio"]
+    text = (out / "results.md").read_text()
+    assert "RE < 5° & TE < 2 m" in text and "within 60 cm" in text
+    forced = tmp_path / "forced"  # --thresholds rgbd judges the same street by room-scale limits
+    assert run(_args("--sequence", "synthetic_lidar", "--fragments", "", "--detectors", "random", "--budgets", "100",
+                     "--gaps", "1", "--max-pairs-per-gap", "1", "--trials", "1", "--thresholds", "rgbd",
+                     "--voxel", "0.3", "--no-all-points", "--out", str(forced), "--no-progress")) == 0
+    res = json.loads((forced / "results.json").read_text())
+    assert {r["thresholds"] for r in res["rows"]} == {"rgbd"}
+    assert "RE < 15° & TE < 30 cm" in (forced / "results.md").read_text()
 
 
 def test_probability_stats() -> None:
@@ -103,7 +218,7 @@ def test_frame_pairs_and_summary() -> None:
     with pytest.raises(ValueError, match="frame range"):
         frame_pairs(50, [10], 5, frames=(60, 70))
     base = dict(dataset="d", pair="p", gap=1, detector="random", budget=50, descriptor="fpfh", trial=0,
-                keypoints=50, repeatability_5cm=0.2, repeatability_10cm=0.4, matches=10, inlier_ratio=0.1,
+                keypoints=50, repeatability_tight=0.2, repeatability_loose=0.4, matches=10, inlier_ratio=0.1,
                 feature_match_recall=1.0, rotation_error_deg=1.0, translation_error_m=0.1, registered=1.0,
                 registered_strict=0.0, detect_s=0.1, describe_s=0.1, ransac_s=0.1)
     rows = [PairMetrics(**base), PairMetrics(**{**base, "trial": 1, "registered": 0.0, "inlier_ratio": 0.3}),
@@ -117,7 +232,7 @@ def test_frame_pairs_and_summary() -> None:
 
 def test_paired_differences_match_a_loop_and_bracket_the_mean() -> None:
     base = dict(dataset="d", pair="p", gap=1, detector="iss", budget=100, descriptor="fpfh", trial=0,
-                keypoints=100, repeatability_5cm=0.2, repeatability_10cm=0.4, matches=10, inlier_ratio=0.1,
+                keypoints=100, repeatability_tight=0.2, repeatability_loose=0.4, matches=10, inlier_ratio=0.1,
                 feature_match_recall=1.0, rotation_error_deg=1.0, translation_error_m=0.1, registered=1.0,
                 registered_strict=0.0, detect_s=0.1, describe_s=0.1, ransac_s=0.1)
     rng = np.random.default_rng(3)

@@ -264,6 +264,36 @@ def test_build_dataset_caches_and_validates(tmp_path) -> None:
             parse_source(bad)
 
 
+def test_synthetic_lidar_source_crops_street_scans_at_the_lidar_voxel() -> None:
+    from ukpgan_ros.model.dataset import LIDAR_STREET_SEED, LIDAR_VOXEL, iter_samples
+
+    assert parse_source("synthetic_lidar:3") == ("synthetic_lidar", 3)
+    with pytest.raises(ValueError, match="count"):
+        parse_source("synthetic_lidar")
+    calls = []
+
+    def feats(points, normals, radius, query):
+        calls.append((points, radius))
+        return _geometric_features(points, normals, radius, query)
+
+    opts = DataOptions(crops=1)
+    out = list(iter_samples(["synthetic_lidar:3"], opts, feats))
+    # three scans, the three motions in turn, none on the evaluation's street (seed 0)
+    assert [lab.split("/")[1] for lab, _ in out] == ["drive", "fast_turn", "walk"]
+    assert all(lab.startswith(f"synthetic_lidar#{LIDAR_STREET_SEED}/") for lab, _ in out)
+    for (lab, sample), (points, radius) in zip(out, calls):
+        assert sample.target.shape == (2048, 3) and sample.features.shape == (2048, 352) and sample.partner is None
+        # the SHOT radius is radius_voxels LiDAR voxels (0.3 m), not the camera frames' 5 cm
+        assert radius == pytest.approx(opts.feature.radius_voxels * LIDAR_VOXEL)
+        # the support is the whole scan voxelised at 0.3 m (features see it after a random rotation):
+        # neighbours sit about a voxel apart, and a street scan spans tens of metres
+        from scipy.spatial import cKDTree
+
+        nn = cKDTree(points).query(points, k=2)[0][:, 1]
+        assert len(points) > 2048 and 0.5 * LIDAR_VOXEL < np.median(nn) < 1.5 * LIDAR_VOXEL
+        assert np.linalg.norm(points - points.mean(0), axis=1).max() > 20
+
+
 def _weights(net) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in net.parameters()])
 

@@ -29,7 +29,7 @@ def test_dependencies_are_ranges_the_lock_satisfies():
     assert set(extras) == {"ros", "bench", "test"}
     assert not [r for r in install if r.name.startswith("ros-")], "ROS wheels belong to the [ros] extra"
     assert {r.name for r in extras["ros"]} >= {"ros-rclpy", "ros-sensor-msgs", "ros-geometry-msgs"}
-    assert {str(r) for r in extras["bench"]} == {"small_gicp==1.0.1", "kiss-icp==1.3.0"}
+    assert {str(r) for r in extras["bench"]} == {"small_gicp==1.0.1", "kiss-icp==1.3.0", "kiss-matcher==1.0.2"}
     lock = {}
     for line in (ROOT / "requirements.txt").read_text().splitlines():
         line = line.split("#")[0].strip()

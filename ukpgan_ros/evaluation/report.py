@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ukpgan_ros.evaluation.metrics import LOOSE, STRICT, TAU1, TAU2, PairMetrics
+from ukpgan_ros.evaluation.metrics import RGBD, PairMetrics, Thresholds
 
 __all__ = ["FULL", "summarize", "paired_differences", "markdown", "paired_markdown", "probability_markdown",
            "plots", "probability_stats"]
@@ -15,7 +15,7 @@ __all__ = ["FULL", "summarize", "paired_differences", "markdown", "paired_markdo
 FULL = "all-points"  # the detector-free baseline: descriptors of every voxel
 
 
-_METRICS = ("repeatability_5cm", "repeatability_10cm", "inlier_ratio", "feature_match_recall", "registered",
+_METRICS = ("repeatability_tight", "repeatability_loose", "inlier_ratio", "feature_match_recall", "registered",
             "registered_strict", "matches", "detect_s", "ransac_s")
 
 
@@ -86,31 +86,35 @@ def paired_markdown(diffs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown(summary: list[dict], command: str) -> str:
-    lines = ["# Keypoint evaluation", "", f"Command: `{command}`", "",
-             f"Repeatability: nearest keypoint within 5/10 cm; inlier ratio: mutual matches within "
-             f"{TAU1 * 100:.0f} cm; FMR: inlier ratio > {TAU2 * 100:.0f} %; RR: RANSAC with "
-             f"RE < {LOOSE[0]:.0f}° & TE < {LOOSE[1] * 100:.0f} cm (strict: RE < {STRICT[0]:.0f}° & "
-             f"TE < {STRICT[1] * 100:.0f} cm). Means over pairs and their repeats (--trials); keypoints: mean returned.", ""]
-    head = ("| data | desc | detector | budget | keypoints | pairs | rep@5cm | rep@10cm | matches | inlier ratio "
+def markdown(summary: list[dict], command: str, profiles: dict[str, Thresholds] | None = None) -> str:
+    """The tables; ``profiles`` (data set -> its thresholds, default RGB-D) names the thresholds used."""
+    profiles = profiles or {}
+    used = {profiles.get(r["dataset"], RGBD).name: profiles.get(r["dataset"], RGBD) for r in summary} or {"rgbd": RGBD}
+    lines = ["# Keypoint evaluation", "", f"Command: `{command}`", "", "Thresholds by sensor profile:", ""]
+    for name, th in sorted(used.items()):
+        sets = sorted({r["dataset"] for r in summary if profiles.get(r["dataset"], RGBD).name == name})
+        lines.append(f"- {th.describe()} ({', '.join(sets)})")
+    lines += ["", "rep tight/loose: repeatability at the profile's two radii. Means over pairs and their repeats "
+              "(--trials); keypoints: mean returned.", ""]
+    head = ("| data | desc | detector | budget | keypoints | pairs | rep tight | rep loose | matches | inlier ratio "
             "| FMR | RR | RR strict | detect [s] | RANSAC [s] |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in (r for r in summary if r["gap"] == 0):
         budget = "all" if r["detector"] == FULL else str(r["budget"])
         lines.append(
             f"| {r['dataset']} | {r['descriptor']} | {r['detector']} | {budget} | {r['keypoints']:.0f} | "
-            f"{r['pairs']} | {r['repeatability_5cm']:.3f} | {r['repeatability_10cm']:.3f} | {r['matches']:.0f} | "
+            f"{r['pairs']} | {r['repeatability_tight']:.3f} | {r['repeatability_loose']:.3f} | {r['matches']:.0f} | "
             f"{r['inlier_ratio']:.3f} | {r['feature_match_recall']:.3f} | {r['registered']:.3f} | "
             f"{r['registered_strict']:.3f} | {r['detect_s']:.3f} | {r['ransac_s']:.3f} |")
     per_gap = [r for r in summary if r["gap"] > 0]
     if per_gap:
-        head = "| data | gap | desc | detector | budget | pairs | rep@10cm | inlier ratio | RR | RR strict |"
+        head = "| data | gap | desc | detector | budget | pairs | rep loose | inlier ratio | RR | RR strict |"
         lines += ["", "By frame gap:", "", head, "|" + "---|" * (head.count("|") - 1)]
         for r in per_gap:
             budget = "all" if r["detector"] == FULL else str(r["budget"])
             lines.append(
                 f"| {r['dataset']} | {r['gap']} | {r['descriptor']} | {r['detector']} | {budget} | {r['pairs']} | "
-                f"{r['repeatability_10cm']:.3f} | {r['inlier_ratio']:.3f} | {r['registered']:.3f} | "
+                f"{r['repeatability_loose']:.3f} | {r['inlier_ratio']:.3f} | {r['registered']:.3f} | "
                 f"{r['registered_strict']:.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -137,13 +141,13 @@ def plots(summary: list[dict], out: Path) -> list[Path]:
     for ds, kind in sorted({(r["dataset"], r["descriptor"]) for r in summary}):
         rs = [r for r in summary if r["dataset"] == ds and r["descriptor"] == kind]
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-        for ax, metric, label in zip(axes, ("registered", "inlier_ratio", "repeatability_10cm"),
-                                     ("registration recall", "inlier ratio", "relative repeatability @10 cm")):
+        for ax, metric, label in zip(axes, ("registered", "inlier_ratio", "repeatability_loose"),
+                                     ("registration recall", "inlier ratio", "relative repeatability (loose radius)")):
             for det in sorted({r["detector"] for r in rs if r["detector"] != FULL}):
                 pts = sorted((r["budget"], r[metric]) for r in rs if r["detector"] == det)
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=det)
             full = [r for r in rs if r["detector"] == FULL]
-            if full and metric != "repeatability_10cm":
+            if full and metric != "repeatability_loose":
                 ax.axhline(full[0][metric], color="k", ls="--", lw=1, label="all points")
             ax.set_xscale("log")
             ax.set_xlabel("keypoints")

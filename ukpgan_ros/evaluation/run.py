@@ -2,17 +2,25 @@
 ground truth?
 
 For every detector (ukpgan, iss, random, fps) and keypoint budget, on (a) frame pairs of a
-7-Scenes-layout depth sequence at several frame gaps and (b) 3DMatch-style fragment pairs with
-a ground-truth transform:
+sequence with poses (7-Scenes/TUM depth frames, KITTI/PCD/PLY LiDAR scans, a bag, 'synthetic'
+or 'synthetic_lidar') at several frame gaps and (b) 3DMatch-style fragment pairs with a
+ground-truth transform:
 
 * relative repeatability: share of keypoints (inside the other cloud's overlap) whose nearest
-  keypoint of the other cloud lies within ε after the true motion (ε = 5 and 10 cm), averaged
+  keypoint of the other cloud lies within ε after the true motion (ε tight and loose), averaged
   over both directions;
 * mutual descriptor matches (FPFH, optionally SHOT) between the two keypoint sets: inlier ratio
-  (true distance < τ1 = 10 cm) and feature-match recall (inlier ratio > τ2 = 5 %);
-* registration recall: RANSAC on those matches, success when RE < 15° and TE < 30 cm, and the
-  strict RE < 5° and TE < 10 cm;
+  (true distance < τ1) and feature-match recall (inlier ratio > τ2);
+* registration recall: RANSAC on those matches, success when RE and TE are below the loose and
+  the strict limits;
 * timings of detection, description and RANSAC.
+
+The thresholds, the voxel and the frame gaps come from the data's sensor profile
+(:mod:`ukpgan_ros.evaluation.metrics`): RGB-D (3DMatch: ε 5/10 cm, τ1 10 cm, τ2 5 %, RR 15°/30 cm,
+strict 5°/10 cm, voxel 5 cm) for depth-image sequences and fragments, LiDAR (KITTI: ε 0.3/0.6 m,
+τ1 0.6 m, τ2 5 %, RR 5°/2 m, strict 5°/0.6 m, voxel 0.3 m) for point-cloud scan sequences;
+``--thresholds rgbd|lidar`` forces one for every data set, ``--voxel``/``--gaps``/``--stride``
+override the profile's defaults.
 
 ``all-points`` is the detector-free baseline: descriptors of every voxel matched mutually. Clouds are
 voxelised once, keypoints are detected once per cloud at the largest budget and cut to smaller
@@ -33,14 +41,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ukpgan_ros.evaluation.metrics import (LOOSE, STRICT, TAU2, PairMetrics, inlier_ratio, registration_success,
-                                          relative_repeatability)
+from ukpgan_ros.evaluation.metrics import (PROFILES, RGBD, PairMetrics, Thresholds, inlier_ratio,
+                                          registration_success, relative_repeatability, sensor_profile)
 from ukpgan_ros.evaluation.pairs import Pair, crop_pairs, fragment_pairs, sequence_name, sequence_pairs
 from ukpgan_ros.evaluation.report import (
     FULL, markdown, paired_differences, paired_markdown, plots, probability_markdown, probability_stats, summarize,
 )
 
-__all__ = ["PairMetrics", "EvalOptions", "evaluate", "probability_histogram", "add_arguments", "run", "DATA_ENV"]
+__all__ = ["PairMetrics", "EvalOptions", "evaluate", "profile_for", "probability_histogram", "add_arguments", "run", "DATA_ENV"]
 
 DATA_ENV = "UKPGAN_DATA"  # folder holding 7scenes-redkitchen/ and 3dmatch-redkitchen/
 
@@ -81,7 +89,8 @@ def _prepare_cloud(points: np.ndarray, cfg, detectors: dict, budget: int, descri
 
 
 def _pair_metrics(pair: Pair, src: CloudFeatures, tgt: CloudFeatures, detector: str, budget: int, kind: str,
-                  trial: int, voxel: float, distance: float, ransac_iterations: int, seed: int) -> PairMetrics:
+                  trial: int, voxel: float, distance: float, ransac_iterations: int, seed: int,
+                  th: Thresholds) -> PairMetrics:
     from ukpgan_ros.transforms import rotation_error_deg, translation_error
     from ukpgan_ros.registration import mutual_matches, ransac_from_correspondences
 
@@ -92,20 +101,21 @@ def _pair_metrics(pair: Pair, src: CloudFeatures, tgt: CloudFeatures, detector: 
     else:
         si, ti = src.keypoints[detector][:budget], tgt.keypoints[detector][:budget]
         args = (src.points[si], tgt.points[ti], src.points, tgt.points, pair.T)
-        rep5 = relative_repeatability(*args, eps=0.05, overlap=2 * voxel)
-        rep10 = relative_repeatability(*args, eps=0.10, overlap=2 * voxel)
+        rep5 = relative_repeatability(*args, eps=th.repeat_eps[0], overlap=2 * voxel)
+        rep10 = relative_repeatability(*args, eps=th.repeat_eps[1], overlap=2 * voxel)
         det_s = (src.detect_time[detector] + tgt.detect_time[detector]) / 2
     sx, tx = src.points[si], tgt.points[ti]
     corr = mutual_matches(src.descriptors[kind][si], tgt.descriptors[kind][ti])
-    ir = inlier_ratio(sx, tx, corr, pair.T)
+    ir = inlier_ratio(sx, tx, corr, pair.T, th.inlier_distance)
     t0 = time.perf_counter()
     T, _ = ransac_from_correspondences(sx, tx, corr, distance, ransac_iterations, 0.999, seed)
     ransac_s = time.perf_counter() - t0
     return PairMetrics(
         pair.dataset, pair.name, pair.gap, detector, budget if detector != FULL else 0, kind, trial, len(si),
-        rep5, rep10, len(corr), ir, float(ir > TAU2), rotation_error_deg(T, pair.T), translation_error(T, pair.T),
-        float(registration_success(T, pair.T, *LOOSE)), float(registration_success(T, pair.T, *STRICT)),
-        det_s, (src.describe_time[kind] + tgt.describe_time[kind]) / 2, ransac_s,
+        rep5, rep10, len(corr), ir, float(ir > th.inlier_ratio), rotation_error_deg(T, pair.T),
+        translation_error(T, pair.T), float(registration_success(T, pair.T, *th.loose)),
+        float(registration_success(T, pair.T, *th.strict)),
+        det_s, (src.describe_time[kind] + tgt.describe_time[kind]) / 2, ransac_s, th.name,
     )
 
 
@@ -115,14 +125,16 @@ class EvalOptions:
     all_points: bool = True
     budgets: tuple[int, ...] = (50, 100, 250, 500)
     descriptors: tuple[str, ...] = ("fpfh",)
-    gaps: tuple[int, ...] = (10, 20, 40, 60, 80)  # 60/80: recall at 10-40 saturates near 1.0
-    stride: int = 10
+    gaps: tuple[int, ...] | None = None  # None: the sensor profile's (RGB-D 10..80, LiDAR 1, 2, 5, 10)
+    stride: int | None = None  # None: the profile's
+    max_gaps: int | None = None  # only the first N gaps
     frames: tuple[int, int] | None = None
     max_pairs_per_gap: int | None = None
     trials: int = 3
     fragment_crops: int = 20
     crop_radius: float = 1.5
-    voxel: float = 0.05
+    voxel: float | None = None  # None: the profile's (RGB-D 5 cm, LiDAR 30 cm)
+    thresholds: str = "auto"  # 'auto' (from the data), or a PROFILES name for every data set
     nms_radius: float = 0.0  # 0: the pipeline's default, 1.5 x voxel
     model_path: str = ""
     device: str = "auto"
@@ -130,13 +142,23 @@ class EvalOptions:
     seed: int = 0
 
 
-def _make_detectors(opts: EvalOptions, trial: int) -> dict:
+def profile_for(choice: str, sequence=None) -> Thresholds:
+    """``choice`` 'auto' -> the profile of ``sequence`` (an opened sequence: :func:`sensor_profile`;
+    None: fragments, RGB-D), else the named profile (``rgbd`` or ``lidar``)."""
+    if choice == "auto":
+        return RGBD if sequence is None else sensor_profile(sequence)
+    if choice not in PROFILES:
+        raise ValueError(f"unknown thresholds {choice!r} (one of: auto, {', '.join(PROFILES)})")
+    return PROFILES[choice]
+
+
+def _make_detectors(opts: EvalOptions, trial: int, voxel: float) -> dict:
     from ukpgan_ros.config import PipelineConfig
     from ukpgan_ros.detectors import make_detector
 
     out = {}
     for name in opts.detectors:
-        cfg = PipelineConfig(detector=name, voxel_size=opts.voxel, nms_radius=opts.nms_radius,
+        cfg = PipelineConfig(detector=name, voxel_size=voxel, nms_radius=opts.nms_radius,
                              model_path=opts.model_path, device=opts.device, seed=opts.seed + trial)
         out[name] = make_detector(cfg.validate())
     return out
@@ -155,30 +177,39 @@ def evaluate(opts: EvalOptions, sequence: str | Path | None, fragments: Path | N
     unknown = set(opts.descriptors) - set(DESCRIPTORS)
     if unknown:
         raise ValueError(f"unknown descriptor(s) {sorted(unknown)} (one of: {', '.join(DESCRIPTORS)})")
-    jobs: list[tuple[list[Pair], dict]] = []
+    jobs: list[tuple[list[Pair], dict, Thresholds]] = []
     if sequence is not None:
-        pairs, loaders = sequence_pairs(str(sequence), list(opts.gaps), opts.stride, opts.max_pairs_per_gap,
+        from ukpgan_ros.datasets import open_sequence
+
+        th = profile_for(opts.thresholds, open_sequence(str(sequence)))
+        gaps = list(opts.gaps or th.gaps)[:opts.max_gaps]
+        pairs, loaders = sequence_pairs(str(sequence), gaps, opts.stride or th.stride, opts.max_pairs_per_gap,
                                          opts.frames)
-        jobs.append((pairs, loaders))
+        if not pairs:
+            raise ValueError(f"{sequence}: no frame pairs with poses at gaps {gaps} (a sequence of fewer frames "
+                             "than the smallest gap, or no poses); pass --gaps")
+        jobs.append((pairs, loaders, th))
     if fragments is not None:
+        th = profile_for(opts.thresholds)
         pairs, loaders = fragment_pairs(Path(fragments))
-        jobs.append((pairs, loaders))
+        jobs.append((pairs, loaders, th))
         if opts.fragment_crops > 0:
             crops, crop_loaders = crop_pairs(pairs, loaders, opts.fragment_crops, opts.crop_radius, opts.seed,
-                                             opts.voxel)
-            jobs.append((crops, crop_loaders))
+                                             opts.voxel or th.voxel)
+            jobs.append((crops, crop_loaders, th))
     from tqdm import tqdm
 
     from ukpgan_ros.device import resolve_device
 
     device = str(resolve_device(opts.device))  # SHOT descriptors need a concrete device
-    cfg = PipelineConfig(voxel_size=opts.voxel).validate()  # radii and distances of the pipeline
     rows: list[PairMetrics] = []
     names = list(opts.detectors) + ([FULL] if opts.all_points else [])
     trials = opts.trials
-    for pairs, loaders in jobs:
+    for pairs, loaders, th in jobs:
+        voxel = opts.voxel or th.voxel
+        cfg = PipelineConfig(voxel_size=voxel).validate()  # radii and distances of the pipeline
         for trial in range(trials):
-            detectors = _make_detectors(opts, trial)
+            detectors = _make_detectors(opts, trial, voxel)
             cache: dict[str, CloudFeatures] = {}
 
             def feats(key: str) -> CloudFeatures:
@@ -193,15 +224,17 @@ def evaluate(opts: EvalOptions, sequence: str | Path | None, fragments: Path | N
                 for name in names:
                     for kind in opts.descriptors:
                         for budget in (opts.budgets if name != FULL else (0,)):
-                            rows.append(_pair_metrics(pair, src, tgt, name, budget, kind, trial, opts.voxel,
-                                                      cfg.match_distance, opts.ransac_iterations, opts.seed + trial))
+                            rows.append(_pair_metrics(pair, src, tgt, name, budget, kind, trial, voxel,
+                                                      cfg.match_distance, opts.ransac_iterations, opts.seed + trial,
+                                                      th))
             for det in detectors.values():
                 det.release()
     return rows
 
 
-def probability_histogram(opts: EvalOptions, clouds: dict[str, np.ndarray], out: Path) -> dict[str, dict]:
-    """UKPGAN probabilities of every voxel of ``clouds`` (name -> raw points): stats and a PNG."""
+def probability_histogram(opts: EvalOptions, clouds: dict[str, tuple[np.ndarray, float]],
+                          out: Path) -> dict[str, dict]:
+    """UKPGAN probabilities of every voxel of ``clouds`` (name -> (raw points, voxel [m])): stats and a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,14 +244,13 @@ def probability_histogram(opts: EvalOptions, clouds: dict[str, np.ndarray], out:
     from ukpgan_ros.config import DEFAULT_MODEL_PATH, PipelineConfig
     from ukpgan_ros.detectors.ukpgan import UkpganDetector
 
-    cfg = PipelineConfig(voxel_size=opts.voxel).validate()
-
-    det = UkpganDetector(opts.model_path or DEFAULT_MODEL_PATH, device=opts.device, voxel_size=opts.voxel)
     probs = {}
-    for name, raw in clouds.items():
+    for name, (raw, voxel) in clouds.items():
+        cfg = PipelineConfig(voxel_size=voxel).validate()
+        det = UkpganDetector(opts.model_path or DEFAULT_MODEL_PATH, device=opts.device, voxel_size=voxel)
         wc = make_working_cloud(raw, cfg.voxel_size, normal_radius=cfg.normal_radius)
         probs[name] = det.probabilities(wc.points, wc.normals)
-    det.release()
+        det.release()
     groups = sorted({n.split(" ")[0] for n in probs})
     stats = {g: probability_stats(np.concatenate([p for n, p in probs.items() if n.split(" ")[0] == g]))
              for g in groups}
@@ -236,20 +268,22 @@ def probability_histogram(opts: EvalOptions, clouds: dict[str, np.ndarray], out:
     return stats
 
 
-def _histogram_clouds(sequence, fragments: Path | None) -> dict[str, np.ndarray]:
+def _histogram_clouds(opts: EvalOptions, sequence, fragments: Path | None) -> dict[str, tuple[np.ndarray, float]]:
     out = {}
     if sequence is not None:
         from ukpgan_ros.datasets import open_sequence
 
         seq = open_sequence(str(sequence))
         name = sequence_name(str(sequence))
+        voxel = opts.voxel or profile_for(opts.thresholds, seq).voxel
         for i in np.linspace(0, len(seq) - 1, 4).round().astype(int):
-            out[f"{name} {i}"] = seq[int(i)].points()
+            out[f"{name} {i}"] = (seq[int(i)].points(), voxel)
     if fragments is not None:
         from ukpgan_ros.io import read_cloud
 
+        voxel = opts.voxel or profile_for(opts.thresholds).voxel
         for f in sorted(Path(fragments).glob("cloud_bin_*.ply"))[:2]:
-            out[f"3dmatch {f.stem}"] = read_cloud(f)
+            out[f"3dmatch {f.stem}"] = (read_cloud(f), voxel)
     return out
 
 
@@ -264,8 +298,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     d = EvalOptions()
     parser.add_argument("--sequence", default=_data_default("7scenes-redkitchen"),
-                        help="depth sequence with poses: 7-Scenes/TUM folder or 'synthetic' "
+                        help="sequence with poses: 7-Scenes/TUM folder, KITTI Velodyne or PCD/PLY scan folder, "
+                             "bag, 'synthetic' or 'synthetic_lidar' "
                              f"(default: ${DATA_ENV}/7scenes-redkitchen; '' to skip)")
+    parser.add_argument("--thresholds", default=d.thresholds, choices=["auto", *PROFILES],
+                        help="sensor profile of the thresholds, voxel and gaps: auto (LiDAR for point-cloud scan "
+                             "sequences, RGB-D for depth images and fragments), rgbd (3DMatch: 10 cm inliers, RR "
+                             "15°/30 cm) or lidar (KITTI: 0.6 m inliers, RR 5°/2 m)")
     parser.add_argument("--frames", nargs=2, type=int, metavar=("START", "END"),
                         help="only pairs with both frames in [START, END)")
     parser.add_argument("--fragments", default=_data_default("3dmatch-redkitchen"),
@@ -276,8 +315,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the detector-free baseline (descriptors of every voxel)")
     parser.add_argument("--budgets", nargs="+", type=int, default=list(d.budgets))
     parser.add_argument("--descriptors", nargs="+", default=list(d.descriptors), choices=DESCRIPTORS)
-    parser.add_argument("--gaps", nargs="+", type=int, default=list(d.gaps), help="frame gaps of sequence pairs")
-    parser.add_argument("--stride", type=int, default=d.stride, help="frames between pair starts")
+    parser.add_argument("--gaps", nargs="+", type=int,
+                        help="frame gaps of sequence pairs (default: the profile's; RGB-D 10 20 40 60 80, "
+                             "LiDAR 1 2 5 10)")
+    parser.add_argument("--stride", type=int, help="frames between pair starts (default: RGB-D 10, LiDAR 5)")
     parser.add_argument("--max-pairs-per-gap", type=int, default=0, help="0: all")
     parser.add_argument("--trials", type=int, default=d.trials,
                         help="repeats of every pair with other RANSAC and random-sampling seeds (RANSAC is a "
@@ -285,7 +326,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fragment-crops", type=int, default=d.fragment_crops,
                         help="partial sub-pairs cut from each fragment pair (0: none)")
     parser.add_argument("--crop-radius", type=float, default=d.crop_radius, help="radius of those crops [m]")
-    parser.add_argument("--voxel", type=float, default=d.voxel)
+    parser.add_argument("--voxel", type=float, help="working voxel [m] (default: RGB-D 0.05, LiDAR 0.3)")
     parser.add_argument("--nms-radius", type=float, default=d.nms_radius,
                         help="NMS radius of ukpgan and iss [m] (0: the pipeline's 1.5 x voxel)")
     parser.add_argument("--model", default="", help="UKPGAN weights (default: the shipped model)")
@@ -302,15 +343,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _options(args: argparse.Namespace) -> EvalOptions:
     opts = EvalOptions(
         detectors=tuple(args.detectors), all_points=not args.no_all_points, budgets=tuple(args.budgets),
-        descriptors=tuple(args.descriptors), gaps=tuple(args.gaps), stride=args.stride,
+        descriptors=tuple(args.descriptors), gaps=tuple(args.gaps) if args.gaps else None, stride=args.stride,
         frames=tuple(args.frames) if args.frames else None,
         max_pairs_per_gap=args.max_pairs_per_gap or None, trials=args.trials,
         fragment_crops=args.fragment_crops, crop_radius=args.crop_radius, voxel=args.voxel,
-        nms_radius=args.nms_radius,
+        nms_radius=args.nms_radius, thresholds=args.thresholds,
         model_path=args.model, device=args.device, ransac_iterations=args.ransac_iterations, seed=args.seed)
     if args.quick:
         opts = EvalOptions(**{**asdict(opts), "budgets": tuple(b for b in opts.budgets if b <= 100) or (50,),
-                              "gaps": opts.gaps[:1], "max_pairs_per_gap": 2, "trials": 1,
+                              "max_gaps": 1, "max_pairs_per_gap": 2, "trials": 1,
                               "fragment_crops": min(opts.fragment_crops, 2),
                               "ransac_iterations": min(opts.ransac_iterations, 20000)})
     return opts
@@ -332,20 +373,24 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     opts = _options(args)
     t0 = time.perf_counter()
-    sequence = args.sequence if args.sequence == "synthetic" else _existing(args.sequence, "sequence")
+    from ukpgan_ros.datasets import is_synthetic
+
+    sequence = args.sequence if is_synthetic(args.sequence) else _existing(args.sequence, "sequence")
     fragments = _existing(args.fragments, "fragments")
     rows = evaluate(opts, sequence, fragments, progress=not args.no_progress)
     summary = summarize(rows, by_gap=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    probs = probability_histogram(opts, _histogram_clouds(sequence, fragments), out) if "ukpgan" in opts.detectors else {}
+    probs = (probability_histogram(opts, _histogram_clouds(opts, sequence, fragments), out)
+             if "ukpgan" in opts.detectors else {})
     diffs = paired_differences(rows) if "iss" in opts.detectors else []
     command = "ukpgan eval " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["eval"] else sys.argv[1:])
     (out / "results.json").write_text(json.dumps(
         {"command": command, "options": asdict(opts), "seconds": time.perf_counter() - t0, "summary": summary,
          "ukpgan_probabilities": probs, "paired_to_iss": diffs,
          "rows": [asdict(r) for r in rows]}, indent=1, default=float) + "\n")
-    text = markdown(summary, command) + paired_markdown(diffs) + probability_markdown(probs)
+    profiles = {r.dataset: PROFILES[r.thresholds] for r in rows}
+    text = markdown(summary, command, profiles) + paired_markdown(diffs) + probability_markdown(probs)
     (out / "results.md").write_text(text)
     written = plots(summary, out)
     print(text)

@@ -8,6 +8,11 @@ points in a normalised canonical frame as the reconstruction target. Sources:
   applies; voxel size chosen per shape so it has about ``num_points`` voxels.
 * ``synthetic:N`` — N frames of the built-in synthetic room camera, cropped to the
   ``num_points`` voxels nearest a random point (``crops`` crops per frame).
+* ``synthetic_lidar:N`` — N scans of the built-in spinning LiDAR (``datasets.synthetic_lidar``)
+  on streets of seeds 1000 + seed, 1001 + seed, ... (never the evaluation's street, seed 0), the
+  three motions (walk, drive, fast_turn) in turn, voxelised at ``LIDAR_VOXEL`` (the LiDAR
+  evaluation profile's 0.3 m) and cropped like camera frames. Features are in voxel units, so one
+  encoder serves rooms at 5 cm and streets at 30 cm.
 * ``PATH[:N]`` — a depth sequence folder (7-Scenes/TUM layout) or a folder of clouds
   (.ply/.pcd/.npy), N frames/files evenly spread over it (all when omitted).
 
@@ -53,6 +58,9 @@ def shot_features(points: np.ndarray, normals: np.ndarray, radius: float, query_
     return compute_descriptors("shot", points, normals, query_idx, radius, "cpu")
 
 _CLOUD_SUFFIXES = (".ply", ".pcd", ".npy")
+BUILT_IN = ("shapes", "synthetic", "synthetic_lidar")
+LIDAR_VOXEL = 0.3  # voxel of synthetic LiDAR scans [m], as evaluation.metrics.LIDAR.voxel
+LIDAR_STREET_SEED = 1000  # training streets are seeds 1000 + seed + k; evaluation uses seed 0
 
 
 @dataclass(frozen=True)
@@ -103,10 +111,11 @@ def parse_source(spec: str) -> tuple[str, int | None]:
             raise ValueError(f"{spec!r}: count must be >= 1")
     else:
         name, count = spec, None
-    if name in ("shapes", "synthetic") and count is None:
+    if name in BUILT_IN and count is None:
         raise ValueError(f"{spec!r}: give a count, e.g. {name}:100")
-    if name not in ("shapes", "synthetic") and not Path(name).exists():
-        raise ValueError(f"training source {spec!r} is not shapes:N, synthetic:N or an existing folder")
+    if name not in BUILT_IN and not Path(name).exists():
+        raise ValueError(f"training source {spec!r} is not shapes:N, synthetic:N, synthetic_lidar:N or an "
+                         "existing folder")
     return name, count
 
 
@@ -182,8 +191,9 @@ def shape_sample(rng: np.random.Generator, opts: DataOptions, features: FeatureF
 
 
 def crop_sample(points: np.ndarray, normals: np.ndarray, rng: np.random.Generator, opts: DataOptions,
-                features: FeatureFn) -> Sample:
-    """The ``num_points`` voxels nearest a random voxel of a metric, voxelised cloud.
+                features: FeatureFn, voxel: float | None = None) -> Sample:
+    """The ``num_points`` voxels nearest a random voxel of a metric cloud voxelised at ``voxel``
+    (default ``opts.scene_voxel``).
 
     Features use the whole cloud as support, so crop borders are not artificial edges.
     """
@@ -192,15 +202,36 @@ def crop_sample(points: np.ndarray, normals: np.ndarray, rng: np.random.Generato
     center = points[rng.integers(len(points))]
     query = np.sort(cKDTree(points).query(center, k=opts.num_points)[1]).astype(np.int64)
     rot = random_rotation(rng).astype(np.float32)
-    feats = features(points @ rot.T, normals @ rot.T, opts.feature.radius(opts.scene_voxel), query)
+    feats = features(points @ rot.T, normals @ rot.T, opts.feature.radius(voxel or opts.scene_voxel), query)
     return Sample(_normalise(points[query], keep_x_plane=False), feats, None)
 
 
-def _scene_clouds(name: str, count: int | None, opts: DataOptions) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """Voxelised metric clouds with normals from a synthetic camera, a sequence or cloud files."""
+def _lidar_scans(count: int, seed: int) -> list[tuple[str, Callable[[], np.ndarray], tuple]]:
+    from ukpgan_ros.datasets.synthetic_lidar import MOTIONS, SyntheticLidarSequence
+
+    motions = sorted(MOTIONS)
+    items = []
+    for i in range(count):
+        street, motion = LIDAR_STREET_SEED + seed + i // len(motions), motions[i % len(motions)]
+        frame = (7 * i) % 50  # spread along the path: straights and corners
+
+        def load(street=street, motion=motion, frame=frame):
+            return SyntheticLidarSequence(num_frames=frame + 1, motion=motion, seed=street)[frame].points()
+
+        items.append((f"synthetic_lidar#{street}/{motion}/{frame}", load, (0.0, 0.0, 0.0)))
+    return items
+
+
+def _scene_clouds(name: str, count: int | None,
+                  opts: DataOptions) -> Iterator[tuple[str, np.ndarray, np.ndarray, float]]:
+    """Voxelised metric clouds with normals and their voxel from a synthetic camera, the synthetic
+    LiDAR, a sequence or cloud files."""
     from ukpgan_ros.cloud import make_working_cloud
 
-    if name == "synthetic":
+    voxel = opts.scene_voxel
+    if name == "synthetic_lidar":
+        items, voxel = _lidar_scans(count or 1, opts.seed), LIDAR_VOXEL
+    elif name == "synthetic":
         from ukpgan_ros.datasets.synthetic import SyntheticSequence
 
         seq = SyntheticSequence(num_frames=max(count or 1, 1) * 10, seed=opts.seed)
@@ -220,10 +251,10 @@ def _scene_clouds(name: str, count: int | None, opts: DataOptions) -> Iterator[t
         if count is not None and count < len(items):
             items = [items[int(i)] for i in np.linspace(0, len(items) - 1, count).round()]
     for label, load, viewpoint in items:
-        cloud = make_working_cloud(load(), opts.scene_voxel, normal_radius=opts.feature.normal_radius_voxels
-                                   * opts.scene_voxel, viewpoint=viewpoint)
+        cloud = make_working_cloud(load(), voxel, normal_radius=opts.feature.normal_radius_voxels * voxel,
+                                   viewpoint=viewpoint)
         order = _sorted_rows(cloud.points)
-        yield label, cloud.points[order], cloud.normals[order]
+        yield label, cloud.points[order], cloud.normals[order], voxel
 
 
 def iter_samples(sources: list[str], opts: DataOptions, features: FeatureFn) -> Iterator[tuple[str, Sample]]:
@@ -234,12 +265,12 @@ def iter_samples(sources: list[str], opts: DataOptions, features: FeatureFn) -> 
             for i in range(count):
                 yield f"shape#{i}", shape_sample(np.random.default_rng([opts.seed, s_idx, i]), opts, features)
             continue
-        for f_idx, (label, pts, nrm) in enumerate(_scene_clouds(name, count, opts)):
+        for f_idx, (label, pts, nrm, voxel) in enumerate(_scene_clouds(name, count, opts)):
             if len(pts) < opts.num_points:
                 continue  # a near-empty frame teaches nothing
             rng = np.random.default_rng([opts.seed, s_idx, f_idx])
             for c in range(opts.crops):
-                yield f"{label}/crop{c}", crop_sample(pts, nrm, rng, opts, features)
+                yield f"{label}/crop{c}", crop_sample(pts, nrm, rng, opts, features, voxel)
 
 
 def build_dataset(sources: list[str], opts: DataOptions, cache_dir: str | Path | None = None,

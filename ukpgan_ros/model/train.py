@@ -231,7 +231,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``ukpgan train`` flags."""
     d, m, f = TrainOptions(), ModelConfig(), FeatureSpec()
     parser.add_argument("--data", nargs="+", default=["shapes:400", "synthetic:40"],
-                        help="training sources: shapes:N, synthetic:N, or a sequence/cloud folder PATH[:N]")
+                        help="training sources: shapes:N, synthetic:N, synthetic_lidar:N, or a sequence/cloud folder PATH[:N]")
     parser.add_argument("--run-dir", default="runs/ukpgan", help="folder for cache, log and checkpoints")
     parser.add_argument("--export", default="", help="write the encoder here (.safetensors + .json); "
                         "default <run-dir>/ukpgan.safetensors")
