@@ -34,6 +34,7 @@ setup(
         "threadpoolctl>=3.1",
         "numba>=0.59",  # the compiled kernels (voxel grid, SHOT, normals, RANSAC)
         "rosbags>=0.11,<0.12",
+        "gtsam>=4.3,<4.4",  # keyframe pose graphs (loop closure, map merging)
     ],
     extras_require={
         # ROS 2 Kilted's rclpy and message packages as PyPI wheels ([fastrtps]: the RMW library).

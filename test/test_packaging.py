@@ -41,7 +41,7 @@ def test_dependencies_are_ranges_the_lock_satisfies():
         assert req.name.lower() in lock, f"{req.name} is not pinned in requirements.txt"
         assert req.specifier.contains(lock[req.name.lower()], prereleases=True), f"lock {lock[req.name.lower()]} outside {req}"
     imported = {"numpy", "scipy", "torch", "open3d", "matplotlib", "safetensors", "tqdm", "threadpoolctl", "rosbags",
-                "numba"}
+                "numba", "gtsam"}
     assert {r.name.lower() for r in install} == imported
 
 

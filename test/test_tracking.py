@@ -157,7 +157,7 @@ def test_saved_map_round_trips_and_localises_frames_from_any_start(stream, tmp_p
         tr.step(f, reg, stamp=frame.stamp, index=k)
     folder = save_map(tr.map, tmp_path / "map", {"voxel_size": CFG.voxel_size, "descriptor": CFG.descriptor})
     index = json.loads((folder / "map.json").read_text())
-    assert index["format"] == "ukpgan_ros.keyframe_map" and index["version"] == 1
+    assert index["format"] == "ukpgan_ros.keyframe_map" and index["version"] == 2
     assert index["origin"] == {"stamp": frames[0][0].stamp, "index": 0} and (folder / "cloud.ply").is_file()
     loaded = load_map(folder)
     assert [k.id for k in loaded] == [k.id for k in tr.map]

@@ -126,29 +126,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
-    """Track a recorded sequence in keyframe mode and save its keyframes as a map folder."""
-    from ukpgan_ros.datasets import open_sequence
+    """Track a recorded sequence in keyframe mode and save its keyframes as a map folder (or, with
+    --merge, join two saved maps into one)."""
+    if args.merge:
+        return _merge_maps(args)
+    from ukpgan_ros.datasets import ThereAndBackSequence, open_sequence
     from ukpgan_ros.transforms import rotation_error_deg, translation_error
     from ukpgan_ros.maps import check_map_destination
     from ukpgan_ros.pipeline import KeypointPipeline
 
     cfg = _config(args, registration="keyframe")
     check_map_destination(args.out)  # before the work, not after it
-    seq = open_sequence(args.data)
+    seq = open_sequence(args.data or "synthetic")
     start = max(0, args.start)
     end = len(seq) if args.frames <= 0 else min(len(seq), start + args.frames)
     indices = list(range(start, end, max(1, args.stride)))
     if not indices:
         raise ValueError(f"no frames to map: start {start} of {len(seq)}")
+    source_of = None  # playback index -> sequence index, when they differ
+    if args.there_and_back:
+        seq = ThereAndBackSequence(seq, indices)
+        source_of = dict(enumerate(seq.order))
+        indices = list(range(len(seq)))
     pipe = KeypointPipeline(cfg)
     print(f"map: {getattr(seq, 'name', args.data)} frames {start}-{end - 1} every {max(1, args.stride)}th "
-          f"({len(indices)} frames), {cfg.detector} + {cfg.descriptor}, finest voxel {cfg.voxel_size} m")
-    first_gt, placed, last = None, 0, None
-    t0 = time.perf_counter()
+          f"({len(indices)} frames{', there and back' if args.there_and_back else ''}), {cfg.detector} + "
+          f"{cfg.descriptor}, finest voxel {cfg.voxel_size} m, loop closure {'on' if cfg.loop_closure else 'off'}")
+    first_gt, placed, last, gts = None, 0, None, {}
+    t0, frame_s = time.perf_counter(), []
     for i in indices:
         frame = seq[i]
+        src = source_of[i] if source_of else i
         try:
-            res = pipe.process(frame.points(), stamp=frame.stamp, index=i)
+            t1 = time.perf_counter()
+            res = pipe.process(frame.points(), stamp=frame.stamp, index=src)
+            frame_s.append(time.perf_counter() - t1)
         except ValueError as e:
             print(f"{i:>6} unusable: {e}")
             continue
@@ -156,21 +168,107 @@ def cmd_map(args: argparse.Namespace) -> int:
         line = f"{i:>6} {step.state.value:>10} keyframe {step.keyframe_id!s:>4}{' new' if step.new_keyframe else '    '}"
         if frame.pose is not None:
             first_gt = frame.pose if first_gt is None else first_gt
+            gts[src] = np.linalg.inv(first_gt) @ frame.pose
         if step.placed:
             placed += 1
             if frame.pose is not None:
-                gt = np.linalg.inv(first_gt) @ frame.pose
-                last = (rotation_error_deg(res.pose, gt), translation_error(res.pose, gt))
+                gt = gts[src]
+                last = (rotation_error_deg(res.pose, gt), translation_error(res.pose, gt), gt, res.pose)
                 line += f"  pose vs GT {last[0]:.2f} deg {100 * last[1]:.2f} cm"
         if step.message:
             line += f"  {step.message}"
         print(line, flush=True)
-    folder, count = pipe.save_map(args.out)
-    print(f"placed {placed}/{len(indices)} frames at {pipe.cfg.voxel_size:.3g} m voxels in {time.perf_counter() - t0:.0f} s; "
+    t_track = time.perf_counter() - t0
+    folder, count = pipe.save_map(args.out)  # waits for queued loop closure work
+    print(f"placed {placed}/{len(indices)} frames at {pipe.cfg.voxel_size:.3g} m voxels in {t_track:.0f} s "
+          f"({1e3 * np.mean(frame_s):.0f} ms per frame); "
           f"{count} keyframes written to {folder}"
           + (f"; last pose off ground truth by {last[0]:.2f} deg, {100 * last[1]:.2f} cm" if last else ""))
+    _report_loops(pipe.tracker, gts, last)
     pipe.release()
     return 0 if placed == len(indices) else 1
+
+
+def _report_loops(tracker, gts: dict, last) -> None:
+    """Loop closure's figures: the final pose in the map frame against odometry's, and the
+    keyframes' position error (ATE, RMS, in the first frame's frame) before and after."""
+    from ukpgan_ros.transforms import rotation_error_deg, translation_error
+
+    loops = getattr(tracker, "loops", None)
+    if loops is None or not loops.started:
+        return
+    st = loops.stats
+    print(f"loop closure: {st.queries} queries, {st.verified} verified, {st.accepted} accepted, "
+          f"{st.rejected_by_agreement} not confirmed, {st.rejected_by_kernel} down-weighted by the kernel, "
+          f"{st.skipped} skipped (worker behind), {loops.snapshot.optimisations} optimisations "
+          f"(last {1e3 * st.last_optimisation_s:.0f} ms){'; error: ' + st.last_error if st.last_error else ''}")
+    if last is not None:
+        corrected = tracker.map_from_odom @ last[3]
+        print(f"final pose vs ground truth: odometry {100 * last[1]:.2f} cm {last[0]:.2f} deg; map frame "
+              f"(map_from_odom @ pose) {100 * translation_error(corrected, last[2]):.2f} cm "
+              f"{rotation_error_deg(corrected, last[2]):.2f} deg")
+    kfs = [k for k in tracker.map if k.index in gts]
+    if kfs:
+        def ate(poses):
+            return 100 * float(np.sqrt(np.mean([np.sum((p[:3, 3] - gts[k.index][:3, 3]) ** 2) for k, p in zip(kfs, poses)])))
+
+        odom = ate([k.pose for k in kfs])
+        opt = ate([loops.map_pose(k.id, k.pose) for k in kfs])
+        print(f"keyframe ATE ({len(kfs)} keyframes): odometry {odom:.2f} cm, optimised {opt:.2f} cm")
+
+
+def _merge_maps(args: argparse.Namespace) -> int:
+    """``ukpgan map --merge A B --out C``: register B to A (no guess), optimise, write C."""
+    import dataclasses
+
+    from ukpgan_ros.loops import LoopPolicy, merge_maps
+    from ukpgan_ros.maps import check_map_destination, load_map, save_map
+    from ukpgan_ros.pipeline import KeypointPipeline
+    from ukpgan_ros.tracking import SIGMA_FLOOR_VOXELS
+    from ukpgan_ros.transforms import rotation_error_deg, translation_error
+
+    check_map_destination(args.out)
+    a, b = (load_map(m) for m in args.merge)
+    voxel = float(a.meta.get("voxel_size", args.voxel_size))
+    # stored keyframes keep keypoint descriptors only: match keypoints against keypoints
+    cfg = dataclasses.replace(_config(args, registration="none", match_against="keypoints"), voxel_size=voxel,
+                              descriptor=a.meta.get("descriptor", args.descriptor)).validate()
+    pipe = KeypointPipeline(cfg, tracking=False)
+    t0 = time.perf_counter()
+    merged, rep = merge_maps(a, b, pipe.register, cfg.match_distance, SIGMA_FLOOR_VOXELS * voxel,
+                             LoopPolicy.from_config(cfg), args.merge_min_pairs)
+    folder = save_map(merged, args.out)
+    np.set_printoptions(precision=4, suppress=True)
+    print(f"merge: {len(a)} + {len(b)} keyframes; {rep.verified} of {rep.tried} keyframe pairs verified, "
+          f"{len(rep.pairs)} agree on T_a_from_b (translation {100 * np.linalg.norm(rep.T_a_from_b[:3, 3]):.1f} cm, "
+          f"rotation {rotation_error_deg(rep.T_a_from_b, np.eye(4)):.2f} deg); {rep.rejected_by_kernel} loop edges "
+          f"down-weighted; {time.perf_counter() - t0:.1f} s; {len(merged)} keyframes written to {folder}")
+    if args.data:
+        from ukpgan_ros.datasets import open_sequence
+
+        seq = open_sequence(args.data)
+        pose = seq.pose if callable(getattr(seq, "pose", None)) else (lambda i: seq[i].pose)
+        origin = min((k for k in a if k.index is not None), key=lambda k: k.id, default=None)
+        if origin is None or pose(origin.index) is None:
+            print("merge: no keyframe indices or no ground truth to compare with")
+        else:
+            gt0 = pose(origin.index)
+            errs = []
+            for k in merged:
+                if k.index is None or pose(k.index) is None:
+                    continue
+                gt = np.linalg.inv(gt0) @ pose(k.index)
+                errs.append((translation_error(k.pose, gt), rotation_error_deg(k.pose, gt)))
+            e = np.array(errs)
+            print(f"merged keyframes vs ground truth ({len(e)}): translation max {100 * e[:, 0].max():.2f} cm, "
+                  f"RMS {100 * np.sqrt(np.mean(e[:, 0] ** 2)):.2f} cm; rotation max {e[:, 1].max():.2f} deg")
+            b0 = min((k for k in b if k.index is not None), key=lambda k: k.id, default=None)
+            if b0 is not None and pose(b0.index) is not None:  # the map-to-map transform on its own
+                T_true = np.linalg.inv(gt0) @ pose(b0.index) @ np.linalg.inv(b0.pose)
+                print(f"T_a_from_b vs ground truth: {100 * translation_error(rep.T_a_from_b, T_true):.2f} cm, "
+                      f"{rotation_error_deg(rep.T_a_from_b, T_true):.2f} deg (map A's drift where they overlap included)")
+    pipe.release()
+    return 0
 
 
 def cmd_bag(args: argparse.Namespace) -> int:
@@ -201,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("demo", help="run the node and a player on a depth stream and score it")
-    p.add_argument("--data", default="synthetic", help="'synthetic' (default), 'synthetic_lidar', a 7-Scenes/TUM, KITTI "
+    p.add_argument("--data", default="synthetic", help="'synthetic' (default), 'synthetic_loop', 'synthetic_lidar', "
+                                                            "'synthetic_lidar_loop', a 7-Scenes/TUM, KITTI "
                                                             "or PCD/PLY scan folder, or a bag")
     p.add_argument("--frames", type=int, default=0, help="frames of the sequence to cover (0: all)")
     p.add_argument("--start", type=int, default=0, help="first frame covered")
@@ -210,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the K frames that follow the middle of the covered ones, once (a kidnapped sensor)")
     p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
                    help="in an odometry mode, also run the other one (keyframe / consecutive) and compare drift")
+    p.add_argument("--there-and-back", action="store_true",
+                   help="play the covered frames forward on the even ones and back on the odd ones (a loop to close); "
+                        "the final drift is then the pose at the return against the start")
     p.add_argument("--input", choices=("cloud", "depth"), default="cloud", help="publish clouds or depth images")
     p.add_argument("--out", default="out/demo", help="folder for the trajectory plot and CSV")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one frame's result")
@@ -217,12 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("map", help="track a sequence with keyframes and save them as a map folder")
-    p.add_argument("--data", default="synthetic", help="'synthetic', 'synthetic_lidar', a 7-Scenes/TUM, KITTI or PCD/PLY "
-                                                            "scan folder, or a bag")
+    p.add_argument("--data", help="'synthetic' (default), 'synthetic_loop', 'synthetic_lidar', 'synthetic_lidar_loop', "
+                                  "a 7-Scenes/TUM, KITTI or PCD/PLY scan folder, or a bag")
     p.add_argument("--start", type=int, default=0, help="first frame")
     p.add_argument("--frames", type=int, default=0, help="frames to cover from --start (0: to the end)")
     p.add_argument("--stride", type=int, default=1, help="use every k-th frame")
     p.add_argument("--out", default="out/map", help="map folder to write (an existing map there is replaced)")
+    p.add_argument("--there-and-back", action="store_true",
+                   help="play the covered frames forward on the even ones and back on the odd ones (a loop to close)")
+    p.add_argument("--merge", nargs=2, metavar=("A", "B"),
+                   help="join two saved maps (no guess: keyframe votes, RANSAC + ICP, agreement, pose graph) into "
+                        "--out, in A's frame; with --data, the merged keyframes are compared with its ground truth")
+    p.add_argument("--merge-min-pairs", type=int, default=3,
+                   help="keyframes of B that must agree on the map-to-map transform")
     _add_pipeline_flags(p, registration="keyframe")
     p.set_defaults(func=cmd_map)
 

@@ -167,6 +167,21 @@ class PipelineConfig(_Fields):
     relocalization_min_fitness: float = _f(
         0.3, "overlap (fitness) a relocalisation or map localisation needs to be accepted", range=(0.0, 1.0),
         live=True)
+    loop_closure: bool = _f(
+        True, "keyframe mode: look for loops (older keyframes seen again) at each new keyframe, verify them by "
+              "registration and optimise the keyframe pose graph in the background (map -> odom correction)",
+        live=True)
+    loop_candidates: int = _f(
+        3, "loop closure: older keyframes (most descriptor votes) each new keyframe is registered against",
+        range=(1, 50), live=True)
+    loop_min_fitness: float = _f(
+        0.5, "loop closure: overlap (fitness) a loop registration needs (stricter than tracking)", range=(0.0, 1.0),
+        live=True)
+    loop_min_inliers: int = _f(
+        30, "loop closure: RANSAC inlier matches a loop registration needs", range=(3, 100000), live=True)
+    loop_min_separation: int = _f(
+        10, "loop closure: a loop candidate is at least this many keyframes older than the new keyframe (its "
+            "neighbours are odometry, not loops)", range=(2, 100000), live=True)
     map_dir: str = _f("ukpgan_map", "folder ~/save_map writes the keyframe map to (relative: to the working "
                                     "directory); an existing map there is replaced", live=True)
     publish_tf: bool = _f(True, "broadcast odom_frame -> sensor frame on /tf (needs tf2_msgs)", live=True)

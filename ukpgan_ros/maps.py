@@ -5,13 +5,18 @@ their descriptors) with its pose ``map_from_keyframe`` and that pose's covarianc
 registers live frames against it and relocalises against it; ``save_map``/``load_map`` write
 and read it as a folder, so a robot can localise later in a place it mapped before.
 
-Folder format (version 1)::
+Folder format (version 2; version 1 maps, which have no edges and no odom_pose, still load)::
 
     map.json                 format, version, created, voxel_size, descriptor, descriptor_dim,
                              detector, match_against, frame_id, origin (stamp / sequence index of
                              the first keyframe, when known), and per keyframe: id, file, pose
-                             (4x4 row-major, map_from_keyframe), covariance (6x6, x y z rx ry rz,
-                             in the map frame), stamp, index, points, keypoints
+                             (4x4 row-major, map_from_keyframe: optimised by loop closure when
+                             there were loops), odom_pose (4x4, the odometry pose tracking gave
+                             it; optional), covariance (6x6, x y z rx ry rz, in the map frame),
+                             stamp, index, points, keypoints; and edges: the keyframe pose graph,
+                             each {i, j, kind: odometry | loop, T_i_from_j (4x4, pose_j =
+                             pose_i @ T_i_from_j), covariance (6x6, x y z rx ry rz, right
+                             perturbation in j's frame), fitness (of a loop's registration)}
     keyframes/000042.npz     points, normals (M, 3) float32 (the working cloud, keyframe frame),
                              keypoint_xyz (K, 3) float32, keypoint_scores (K,) float32,
                              keypoint_indices (K,) int64 (rows of points), descriptors (K, D) float32
@@ -40,6 +45,7 @@ from ukpgan_ros.cloud import WorkingCloud
 from ukpgan_ros.config import DESCRIPTORS, PipelineConfig
 from ukpgan_ros.detectors.base import Keypoints
 from ukpgan_ros.features.registry import descriptor
+from ukpgan_ros.posegraph import LOOP, ODOMETRY, Edge
 from ukpgan_ros.registration import FrameFeatures
 from ukpgan_ros.transforms import MAX_TRANSLATION_M, adjoint, check_covariance, check_rigid
 
@@ -47,7 +53,8 @@ __all__ = ["Keyframe", "KeyframeMap", "MapFormatError", "MAP_FORMAT", "MAP_VERSI
            "check_map_destination", "moved_covariance"]
 
 MAP_FORMAT = "ukpgan_ros.keyframe_map"
-MAP_VERSION = 1
+MAP_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _INDEX = "map.json"
 
 
@@ -77,6 +84,7 @@ class Keyframe:
     covariance: np.ndarray = field(default_factory=lambda: np.zeros((6, 6)))  # of pose, x y z rx ry rz, map frame
     stamp: float | None = None  # of the frame it was made from [s]
     index: int | None = None  # frame index in a recorded sequence, when known
+    odom_pose: np.ndarray | None = None  # (4, 4) the odometry pose, when pose is an optimised one
 
 
 @dataclass
@@ -101,6 +109,7 @@ class KeyframeMap:
     _frames: list[Keyframe] = field(default_factory=list)
     _next_id: int = 0
     _index: tuple[np.ndarray, np.ndarray] | None = None  # (stacked descriptors, owner row)
+    edges: list[Edge] = field(default_factory=list)  # the keyframe pose graph (odometry and loop edges)
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -115,7 +124,7 @@ class KeyframeMap:
         return next((k for k in self._frames if k.id == kf_id), None)
 
     def clear(self) -> None:
-        self._frames, self._index = [], None
+        self._frames, self._index, self.edges = [], None, []
 
     def add(self, pose: np.ndarray, features: FrameFeatures, covariance: np.ndarray | None = None, *,
             stamp: float | None = None, index: int | None = None, protect: Iterable[int] = (),
@@ -255,6 +264,12 @@ def save_map(kmap: KeyframeMap, folder: str | Path, extra: dict | None = None) -
                 keypoint_indices=f.keypoints.indices.astype(np.int64), descriptors=f.descriptors.astype(np.float32))
             entries.append({"id": k.id, "file": name, "pose": k.pose.tolist(), "covariance": k.covariance.tolist(),
                             "stamp": k.stamp, "index": k.index, "points": len(f.cloud), "keypoints": len(f.keypoints)})
+            if k.odom_pose is not None:
+                entries[-1]["odom_pose"] = np.asarray(k.odom_pose, np.float64).tolist()
+        ids = {k.id for k in frames}
+        edges = [{"i": e.i, "j": e.j, "kind": e.kind, "T_i_from_j": np.asarray(e.T_i_from_j, np.float64).tolist(),
+                  "covariance": np.asarray(e.covariance, np.float64).tolist(), "fitness": float(e.fitness)}
+                 for e in kmap.edges if e.i in ids and e.j in ids]
         first = min(frames, key=lambda k: k.id)
         index = {
             "format": MAP_FORMAT, "version": MAP_VERSION,
@@ -263,6 +278,7 @@ def save_map(kmap: KeyframeMap, folder: str | Path, extra: dict | None = None) -
             "descriptor_dim": int(frames[0].features.descriptors.shape[1]),
             "origin": {"stamp": first.stamp, "index": first.index},
             "keyframes": entries,
+            "edges": edges,
         }
         (tmp / _INDEX).write_text(json.dumps(index, indent=1))
         _write_overview_cloud(tmp / "cloud.ply", frames, float(kmap.meta.get("voxel_size", 0.05)))
@@ -360,18 +376,58 @@ def _read_entry(root: Path, e) -> tuple[int, Path, np.ndarray, np.ndarray, float
         if key not in e:
             raise ValueError(f"{what} {key}: missing")
     path = _keyframe_file(root, e["file"], f"{what} file")
-    try:
-        pose = np.asarray(e["pose"], np.float64)
-        cov = np.asarray(e["covariance"], np.float64) if e.get("covariance") is not None else np.zeros((6, 6))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} pose/covariance: not a matrix of numbers ({exc})") from exc
-    pose = check_rigid(pose, f"{what} pose", max_translation=MAX_TRANSLATION_M)
-    cov = check_covariance(cov, f"{what} covariance")
+    pose = _rigid(e["pose"], f"{what} pose")
+    cov = _covariance(e.get("covariance"), f"{what} covariance")
+    odom_pose = None if e.get("odom_pose") is None else _rigid(e["odom_pose"], f"{what} odom_pose")
     stamp = None if e.get("stamp") is None else _number(e["stamp"], f"{what} stamp")
     index = None if e.get("index") is None else _int(e["index"], f"{what} index")
     points = None if e.get("points") is None else _int(e["points"], f"{what} points", 1)
     keypoints = None if e.get("keypoints") is None else _int(e["keypoints"], f"{what} keypoints")
-    return kf_id, path, pose, cov, stamp, index, points, keypoints
+    return kf_id, path, pose, cov, stamp, index, points, keypoints, odom_pose
+
+
+def _rigid(value, what: str) -> np.ndarray:
+    """A JSON 4x4 rigid transform within MAX_TRANSLATION_M; ValueError naming ``what``."""
+    try:
+        T = np.asarray(value, np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what}: not a matrix of numbers ({exc})") from exc
+    return check_rigid(T, what, max_translation=MAX_TRANSLATION_M)
+
+
+def _covariance(value, what: str) -> np.ndarray:
+    """A JSON 6x6 covariance (None: zero), symmetric, finite, bounded; ValueError naming ``what``."""
+    if value is None:
+        return np.zeros((6, 6))
+    try:
+        C = np.asarray(value, np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what}: not a matrix of numbers ({exc})") from exc
+    return check_covariance(C, what)
+
+
+def _read_edge(e, n: int, ids: set[int]) -> Edge:
+    """Pose-graph edge ``n`` of the index, checked; ValueError naming the field."""
+    what = f"edge {n}"
+    if not isinstance(e, dict):
+        raise ValueError(f"{what}: expected an object, got {type(e).__name__}")
+    for key in ("i", "j", "kind", "T_i_from_j", "covariance"):
+        if key not in e:
+            raise ValueError(f"{what} {key}: missing")
+    i, j = _int(e["i"], f"{what} i"), _int(e["j"], f"{what} j")
+    for end, kf in (("i", i), ("j", j)):
+        if kf not in ids:
+            raise ValueError(f"{what} {end}: keyframe {kf} is not in the map")
+    if i == j:
+        raise ValueError(f"{what}: joins keyframe {i} to itself")
+    if e["kind"] not in (ODOMETRY, LOOP):
+        raise ValueError(f"{what} kind: expected {ODOMETRY!r} or {LOOP!r}, got {e['kind']!r}")
+    T = _rigid(e["T_i_from_j"], f"{what} T_i_from_j")
+    C = _covariance(e["covariance"], f"{what} covariance")
+    fitness = _number(e.get("fitness", 0.0), f"{what} fitness")
+    if not 0.0 <= fitness <= 1.0:
+        raise ValueError(f"{what} fitness: {fitness} is outside [0, 1]")
+    return Edge(i, j, T, C, e["kind"], fitness)
 
 
 def _check_array(a: np.ndarray, name: str, shape: tuple, integer: bool = False) -> None:
@@ -429,10 +485,11 @@ def _read_keyframe_arrays(path: Path, dim: int | None, points: int | None, keypo
 
 
 def load_map(folder: str | Path, max_keyframes: int | None = None) -> KeyframeMap:
-    """Read a map folder, checking everything it reads before it is trusted: the index's fields
-    (format, version, voxel_size, descriptor names and dimension, keyframe ids unique, poses
-    rigid and within MAX_TRANSLATION_M, covariances symmetric, finite, bounded, files inside the
-    folder, counts) and each keyframe file (readable, every array of the right shape and
+    """Read a map folder (version 1 or 2), checking everything it reads before it is trusted: the
+    index's fields (format, version, voxel_size, descriptor names and dimension, keyframe ids
+    unique, poses and odom_poses rigid and within MAX_TRANSLATION_M, covariances symmetric,
+    finite, bounded, files inside the folder, counts; each edge's ends existing keyframes, its
+    kind, transform, covariance and fitness) and each keyframe file (readable, every array of the right shape and
     finite, keypoint indices within the points, at least one point). MapFormatError names the
     file and the field."""
     root = Path(folder).expanduser()
@@ -447,8 +504,10 @@ def load_map(folder: str | Path, max_keyframes: int | None = None) -> KeyframeMa
         raise MapFormatError(f"{idx_path}: unreadable ({e})") from e
     if not isinstance(index, dict) or index.get("format") != MAP_FORMAT:
         raise MapFormatError(f"{idx_path}: not a {MAP_FORMAT} index")
-    if index.get("version") != MAP_VERSION:
-        raise MapFormatError(f"{idx_path}: map version {index.get('version')!r}; this reader knows {MAP_VERSION}")
+    version = index.get("version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise MapFormatError(f"{idx_path}: map version {version!r}; this reader knows "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}")
     entries = index.get("keyframes")
     if not isinstance(entries, list) or not entries:
         raise MapFormatError(f"{idx_path}: keyframes: lists no keyframes")
@@ -464,18 +523,23 @@ def load_map(folder: str | Path, max_keyframes: int | None = None) -> KeyframeMa
         if not isinstance(origin, dict):
             raise ValueError(f"origin: expected an object, got {origin!r}")
         rows = [_read_entry(root, e) for e in entries]
+        ids = [r[0] for r in rows]
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            raise ValueError(f"keyframe id {dup[0]} appears more than once")
+        raw_edges = index.get("edges", []) if version >= 2 else []
+        if not isinstance(raw_edges, list):
+            raise ValueError(f"edges: expected a list, got {type(raw_edges).__name__}")
+        edges = [_read_edge(e, n, set(ids)) for n, e in enumerate(raw_edges)]
     except ValueError as exc:
         raise MapFormatError(f"{idx_path}: {exc}") from exc
-    ids = [r[0] for r in rows]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise MapFormatError(f"{idx_path}: keyframe id {dup[0]} appears more than once")
     kmap = KeyframeMap(max_keyframes=max(max_keyframes or 0, len(entries)), meta=meta)
-    for kf_id, path, pose, cov, stamp, frame_index, points, keypoints in rows:
+    for kf_id, path, pose, cov, stamp, frame_index, points, keypoints, odom_pose in rows:
         feats = _read_keyframe_arrays(path, dim, points, keypoints)
         if dim is None:
             dim = feats.descriptors.shape[1]  # every keyframe as the first one
-        kmap._frames.append(Keyframe(kf_id, pose, feats, cov, stamp, frame_index))
+        kmap._frames.append(Keyframe(kf_id, pose, feats, cov, stamp, frame_index, odom_pose))
     kmap._next_id = max(ids) + 1
+    kmap.edges = edges
     kmap.meta["origin"] = origin
     return kmap

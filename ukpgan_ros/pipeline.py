@@ -98,7 +98,7 @@ class KeypointPipeline:
         if tracking and cfg.registration == "reference":
             self._reference = self._load_reference(reference_points)
         if tracking:
-            self.tracker = make_tracker(self._cfg, self._reference)
+            self.tracker = make_tracker(self._cfg, self._reference, register=self.register)
 
     # ------------------------------------------------------------------ configuration
     @property

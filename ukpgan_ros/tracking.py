@@ -38,7 +38,9 @@ from typing import Callable, ClassVar, Protocol
 import numpy as np
 
 from ukpgan_ros.config import PipelineConfig
+from ukpgan_ros.loops import LoopCloser, LoopPolicy
 from ukpgan_ros.maps import Keyframe, KeyframeMap, MapFormatError, moved_covariance
+from ukpgan_ros.posegraph import odometry_edge
 from ukpgan_ros.transforms import MAX_TRANSLATION_M, check_covariance, check_rigid, rotation_angle_deg
 from ukpgan_ros.registration import FrameFeatures, RegistrationResult, registration_covariance
 
@@ -310,6 +312,7 @@ class _Placed:
     stamp: float | None
     index: int | None
     keyframe_id: int | None  # when it is (or became) a keyframe
+    ref: Keyframe | None = None  # the keyframe it was placed from (its odometry edge)
 
 
 class KeyframeTracker:
@@ -320,20 +323,31 @@ class KeyframeTracker:
     descriptors vote for; the first verified one places it (see :func:`localize`). Keyframes go
     to a bounded :class:`KeyframeMap` (its docstring has the removal policy), which ``save_map``
     writes and ``registration: reference`` reads.
+
+    With a :class:`~ukpgan_ros.loops.LoopPolicy` (``loop_closure``) each new keyframe is enqueued
+    to a :class:`~ukpgan_ros.loops.LoopCloser` (loops and the pose graph, off the frame path);
+    odometry never moves: :attr:`map_from_odom` is the ``map -> odom`` correction.
     """
 
     map_poses: ClassVar[bool] = False
+    # seconds map_for_saving waits for queued loop closure work before writing what it has
+    SAVE_WAIT_S: ClassVar[float] = 30.0
 
     def __init__(self, policy: KeyframePolicy, reloc: RelocalizationPolicy, distance: float,
-                 max_keyframes: int = 200, sigma_floor: float = 0.0, meta: dict | None = None) -> None:
+                 max_keyframes: int = 200, sigma_floor: float = 0.0, meta: dict | None = None,
+                 loops: LoopPolicy | None = None) -> None:
         self.policy, self.reloc, self.distance, self.sigma_floor = policy, reloc, distance, sigma_floor
         self._map = KeyframeMap(max_keyframes, policy.max_distance, policy.max_angle_deg, dict(meta or {}))
+        self.loops = LoopCloser(loops if loops is not None else LoopPolicy(enabled=False), distance, sigma_floor)
+        # what the loop worker registers with (the pipeline's register; else each step's)
+        self.background_register: Register | None = None
+        self._register: Register | None = None
         self.reset()
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig, reference_map: KeyframeMap | None = None) -> "KeyframeTracker":
         tracker = cls(KeyframePolicy.from_config(cfg), RelocalizationPolicy.from_config(cfg), cfg.match_distance,
-                      cfg.max_keyframes)
+                      cfg.max_keyframes, loops=LoopPolicy.from_config(cfg))
         tracker.configure(cfg)
         return tracker
 
@@ -345,17 +359,36 @@ class KeyframeTracker:
             cfg.max_keyframes, self.policy.max_distance, self.policy.max_angle_deg)
         self.distance, self.sigma_floor = cfg.match_distance, SIGMA_FLOOR_VOXELS * cfg.voxel_size
         self._map.meta.update(map_meta(cfg))
+        self.loops.policy = LoopPolicy.from_config(cfg)
+        self.loops.distance, self.loops.sigma_floor = self.distance, self.sigma_floor
 
     def map_for_saving(self) -> KeyframeMap:
-        """The keyframes, the last placed frame made one (a map ends where the sensor stopped)."""
+        """The keyframes, the last placed frame made one (a map ends where the sensor stopped);
+        with loop closure, once queued loop work is done (at most ``SAVE_WAIT_S``), a copy with
+        the optimised poses (``odom_pose``: odometry's) and the pose graph's edges."""
         if len(self._map) == 0:
             raise MapFormatError("no keyframes yet: process some frames first")
         self.keyframe_last()
-        return self._map
+        if not self.loops.started:
+            return self._map
+        self.loops.wait(self.SAVE_WAIT_S)
+        ids = {k.id for k in self._map}
+        frames = [replace(k, pose=self.loops.map_pose(k.id, k.pose), odom_pose=k.pose) for k in self._map]
+        edges = [e for e in self.loops.edges() if e.i in ids and e.j in ids]
+        m = self._map
+        return KeyframeMap(m.max_keyframes, m.spacing_m, m.spacing_deg, dict(m.meta), frames, m._next_id, edges=edges)
+
+    @property
+    def map_from_odom(self) -> np.ndarray:
+        """``map_from_odom`` (4x4, the ``map -> odom`` transform): the current keyframe's optimised
+        pose times the inverse of its odometry pose (identity until a loop closes);
+        ``map_from_odom @ pose`` is the sensor in the map frame."""
+        return self.loops.map_from_odom(self._current.id if self._current is not None else None)
 
     def reset(self) -> None:
-        """Forget the trajectory and every keyframe."""
+        """Forget the trajectory, every keyframe and the pose graph."""
         self._map.clear()
+        self.loops.reset()
         self.state = TrackState.INITIALIZING
         self._pose, self._cov = np.eye(4), np.zeros((6, 6))
         self._last: _Placed | None = None
@@ -381,7 +414,7 @@ class KeyframeTracker:
         last = self._last
         if last is None or last.keyframe_id is not None:
             return None
-        kf = self._add_keyframe(last.pose, last.features, last.covariance, last.stamp, last.index)
+        kf = self._add_keyframe(last.pose, last.features, last.covariance, last.stamp, last.index, last.ref)
         self._last = replace(last, keyframe_id=kf.id)
         return kf
 
@@ -395,18 +428,27 @@ class KeyframeTracker:
         if self.state is TrackState.TRACKING and self._last is not None:
             C = pose @ np.linalg.inv(self._last.pose)
             self._map.transform_all(C)
+            self.loops.transform_all(C)
             if self._current is not None:
                 self._current = self._map.get(self._current.id)
-            self._last = replace(self._last, pose=pose, covariance=cov)
+            ref = self._last.ref and self._map.get(self._last.ref.id)
+            self._last = replace(self._last, pose=pose, covariance=cov, ref=ref)
             self._pose, self._cov = pose, cov
             return f"sensor placed; {len(self._map)} keyframes moved with it"
         self._pending = (pose, cov)
         self._pose, self._cov = pose, cov
         return "sensor placed; the next frame becomes a keyframe there"
 
-    def _add_keyframe(self, pose, features, cov, stamp, index) -> Keyframe:
+    def _add_keyframe(self, pose, features, cov, stamp, index, ref: Keyframe | None = None) -> Keyframe:
+        """Store a keyframe placed from ``ref`` (None: without one); enqueue it for loop closure."""
         kf, _removed = self._map.add(pose, features, cov, stamp=stamp, index=index,
                                      protect=() if self._current is None else (self._current.id,))
+        if self.loops.policy.enabled:
+            edge = None
+            if ref is not None and ref.id >= 0:
+                edge = odometry_edge(ref.id, ref.pose, kf.id, kf.pose, kf.covariance - ref.covariance)
+            register = self.background_register or self._register
+            self.loops.add_keyframe(kf, edge, features, [k.id for k in self._map], register)
         return kf
 
     def _place(self, frame: FrameFeatures, pose: np.ndarray, cov: np.ndarray, reg: RegistrationResult | None,
@@ -418,9 +460,9 @@ class KeyframeTracker:
         reason = "placed, not tracked" if kf is None else self.policy.reason(np.linalg.inv(kf.pose) @ pose, reg)
         self._current = kf
         if reason:
-            self._current = self._add_keyframe(pose, frame, cov, stamp, index)
+            self._current = self._add_keyframe(pose, frame, cov, stamp, index, kf)
         self._last = _Placed(replace(frame, dense_descriptors=None), pose.copy(), cov.copy(), stamp, index,
-                             self._current.id if reason else None)
+                             self._current.id if reason else None, kf)
         self._pose, self._cov = pose.copy(), cov.copy()
         self._failures, self.state = 0, TrackState.TRACKING
         msgs = [note] if note else []
@@ -431,6 +473,7 @@ class KeyframeTracker:
 
     def step(self, frame: FrameFeatures, register: Register, stamp: float | None = None,
              index: int | None = None) -> TrackStep:
+        self._register = register
         if self._pending is not None or self.state is TrackState.INITIALIZING:
             # The first frame (or the first after set_pose while not tracking) founds a keyframe.
             pose, cov = self._pending if self._pending is not None else (self._pose, self._cov)
@@ -452,7 +495,8 @@ class KeyframeTracker:
             if verified(lreg, self.reloc):
                 kf = self._map.get(last.keyframe_id) if last.keyframe_id is not None else None
                 if kf is None:
-                    kf = self._add_keyframe(last.pose, last.features, last.covariance, last.stamp, last.index)
+                    kf = self._add_keyframe(last.pose, last.features, last.covariance, last.stamp, last.index,
+                                            last.ref)
                 return self._place(frame, last.pose @ T_last_from_frame, last.covariance + link_cov, lreg, kf,
                                    stamp, index, relocalized=True, tried=tried,
                                    note=f"relocalized against the last placed frame (keyframe {kf.id})")
@@ -535,14 +579,19 @@ class MapLocalizer:
 TRACKERS: dict[str, type] = {"consecutive": FrameToFrame, "keyframe": KeyframeTracker, "reference": MapLocalizer}
 
 
-def make_tracker(cfg: PipelineConfig, reference_map: KeyframeMap | None = None) -> Tracker | None:
+def make_tracker(cfg: PipelineConfig, reference_map: KeyframeMap | None = None,
+                 register: Register | None = None) -> Tracker | None:
     """The tracker of ``cfg.registration`` (None for ``none``, which only detects), configured;
-    ``reference`` localises in ``reference_map``."""
+    ``reference`` localises in ``reference_map``. ``register`` (the pipeline's, callable from
+    any thread) is what loop closure registers with off the frame path."""
     if cfg.registration == "none":
         return None
     if cfg.registration not in TRACKERS:
         raise ValueError(f"registration: {cfg.registration!r} is none of none, {', '.join(TRACKERS)}")
-    return TRACKERS[cfg.registration].from_config(cfg, reference_map)
+    tracker = TRACKERS[cfg.registration].from_config(cfg, reference_map)
+    if register is not None and isinstance(tracker, KeyframeTracker):
+        tracker.background_register = register
+    return tracker
 
 
 def gives_map_poses(mode: str) -> bool:

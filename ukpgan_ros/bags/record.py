@@ -71,14 +71,22 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--odom-frame", default="odom", help="frame of /ground_truth/pose")
     p.add_argument("--no-compress", dest="compress", action="store_false", help="write uncompressed MCAP chunks")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--there-and-back", action="store_true",
+                   help="record the covered frames forward on the even ones and back on the odd ones (a loop to close)")
 
 
 def run_record(args: argparse.Namespace) -> int:
     from ukpgan_ros.datasets import open_sequence
 
     seq = open_sequence(args.sequence)
+    frames, stride = args.frames, args.stride
+    if getattr(args, "there_and_back", False):
+        from ukpgan_ros.datasets import ThereAndBackSequence
+
+        n = len(seq) if frames <= 0 else min(frames, len(seq))
+        seq, frames, stride = ThereAndBackSequence(seq, range(0, n, max(1, stride))), 0, 1
     t0 = time.perf_counter()
-    counts = record_sequence(seq, args.out, frames=args.frames, stride=args.stride, output=args.output,
+    counts = record_sequence(seq, args.out, frames=frames, stride=stride, output=args.output,
                              frame_id=args.frame_id, odom_frame=args.odom_frame, compress=args.compress,
                              overwrite=args.overwrite)
     out = Path(args.out)

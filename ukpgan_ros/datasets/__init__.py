@@ -4,6 +4,7 @@ synthetic spinning LiDAR, one module per source, all behind :class:`DepthSequenc
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from ukpgan_ros.datasets.base import DepthFrame, DepthSequence, IndexedSequence, has_depth
@@ -13,16 +14,20 @@ from ukpgan_ros.datasets.scans import ScanFolderSequence, scan_folder_dir
 from ukpgan_ros.datasets.seven_scenes import SEVEN_SCENES_K, SevenScenesSequence, seven_scenes_frame_dir
 from ukpgan_ros.datasets.synthetic import SyntheticSequence
 from ukpgan_ros.datasets.synthetic_lidar import SyntheticLidarSequence
+from ukpgan_ros.datasets.there_and_back import ThereAndBackSequence, there_and_back
 from ukpgan_ros.datasets.tum import TUM_INTRINSICS, TumSequence
 
 __all__ = [
     "DepthFrame", "DepthSequence", "IndexedSequence", "CloudSequence", "SevenScenesSequence", "TumSequence",
     "SyntheticSequence", "SyntheticLidarSequence", "KittiSequence", "ScanFolderSequence",
-    "open_sequence", "has_depth", "is_bag", "is_synthetic", "SYNTHETIC_SOURCES", "SEVEN_SCENES_K", "TUM_INTRINSICS",
+    "ThereAndBackSequence", "there_and_back", "open_sequence", "has_depth", "is_bag", "is_synthetic", "SYNTHETIC_SOURCES", "SEVEN_SCENES_K", "TUM_INTRINSICS",
 ]
 
 # The built-in sources, by the name open_sequence takes for each.
-SYNTHETIC_SOURCES = {"synthetic": SyntheticSequence, "synthetic_lidar": SyntheticLidarSequence}
+# The *_loop ones drive one closed lap over the sequence (a loop to close).
+SYNTHETIC_SOURCES = {"synthetic": SyntheticSequence, "synthetic_lidar": SyntheticLidarSequence,
+                     "synthetic_loop": partial(SyntheticSequence, loop=True),
+                     "synthetic_lidar_loop": partial(SyntheticLidarSequence, loop=True)}
 
 
 def is_synthetic(spec: str | Path) -> bool:

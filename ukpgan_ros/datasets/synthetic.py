@@ -197,17 +197,28 @@ def build_room(seed: int = 0) -> o3d.geometry.TriangleMesh:
 # ----------------------------------------------------------------------------- the trajectory
 
 
-def camera_pose(t: float) -> np.ndarray:
-    """Camera-to-world 4x4 at time ``t`` [s], optical convention (x right, y down, z forward)."""
-    theta = _PATH_OMEGA * t + _PATH_PHASE
+def camera_pose(t: float, loop_period: float | None = None) -> np.ndarray:
+    """Camera-to-world 4x4 at time ``t`` [s], optical convention (x right, y down, z forward).
+
+    With ``loop_period`` [s] the camera goes once round the ellipse in that time while turning
+    once round, and its wobble repeats too, so at ``t = loop_period`` it is back at its start:
+    a loop to close."""
+    if loop_period is None:
+        theta = _PATH_OMEGA * t + _PATH_PHASE
+        yaw = _YAW_START + _YAW_RATE * t + 0.12 * math.sin(0.7 * t)
+        z, pitch_w, roll_w = math.sin(1.3 * t), math.sin(0.9 * t), math.sin(1.1 * t)
+    else:
+        phi = 2.0 * math.pi * t / loop_period
+        theta = phi + _PATH_PHASE
+        yaw = _YAW_START + phi + 0.12 * math.sin(2.0 * phi)
+        z, pitch_w, roll_w = math.sin(3.0 * phi), math.sin(4.0 * phi), math.sin(5.0 * phi)
     pos = np.array([
         _PATH_CENTRE[0] + _PATH_AXES[0] * math.cos(theta),
         _PATH_CENTRE[1] + _PATH_AXES[1] * math.sin(theta),
-        1.45 + 0.05 * math.sin(1.3 * t),
+        1.45 + 0.05 * z,
     ])
-    yaw = _YAW_START + _YAW_RATE * t + 0.12 * math.sin(0.7 * t)
-    pitch = -math.radians(17.0 + 4.0 * math.sin(0.9 * t))
-    roll = math.radians(2.0 * math.sin(1.1 * t))
+    pitch = -math.radians(17.0 + 4.0 * pitch_w)
+    roll = math.radians(2.0 * roll_w)
     forward = np.array([math.cos(yaw) * math.cos(pitch), math.sin(yaw) * math.cos(pitch), math.sin(pitch)])
     right = np.cross(forward, [0.0, 0.0, 1.0])
     right /= np.linalg.norm(right)
@@ -273,7 +284,9 @@ class SyntheticSequence:
 
     Implements DepthSequence. ``K`` has fx = fy and the principal point at the image centre.
     Frames are deterministic in (seed, index) whatever the access order. ``noise=False`` gives the
-    exact z-depth within [min_depth, max_depth].
+    exact z-depth within [min_depth, max_depth]. ``loop=True`` takes the looping trajectory
+    (:func:`camera_pose` with a period of ``num_frames`` frames: frame ``num_frames`` would be
+    frame 0 again), named ``synthetic_loop``.
     """
 
     def __init__(
@@ -287,6 +300,7 @@ class SyntheticSequence:
         noise: bool = True,
         min_depth: float = 0.4,
         max_depth: float = 6.0,
+        loop: bool = False,
     ):
         if int(num_frames) < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -296,7 +310,8 @@ class SyntheticSequence:
             raise ValueError(f"fx and rate_hz must be positive and finite, got fx={fx}, rate_hz={rate_hz}")
         if not 0.0 <= min_depth < max_depth:
             raise ValueError(f"need 0 <= min_depth < max_depth, got {min_depth}, {max_depth}")
-        self.name = "synthetic"
+        self.name = "synthetic_loop" if loop else "synthetic"
+        self.loop_period = int(num_frames) / float(rate_hz) if loop else None
         self.num_frames, self.width, self.height = int(num_frames), int(width), int(height)
         self.rate_hz, self.seed, self.noise = float(rate_hz), int(seed), bool(noise)
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
@@ -314,7 +329,7 @@ class SyntheticSequence:
 
     def pose(self, i: int) -> np.ndarray:
         """Ground-truth camera-to-world pose of frame ``i`` without rendering it."""
-        return camera_pose(self._index(i) / self.rate_hz)
+        return camera_pose(self._index(i) / self.rate_hz, self.loop_period)
 
     def mesh(self) -> o3d.geometry.TriangleMesh:
         """A copy of the room mesh the frames are rendered from (world frame)."""
@@ -345,7 +360,7 @@ class SyntheticSequence:
 
     def __getitem__(self, i: int) -> DepthFrame:
         j = self._index(i)
-        pose = camera_pose(j / self.rate_hz)
+        pose = camera_pose(j / self.rate_hz, self.loop_period)
         rng = np.random.default_rng([self.seed, 1, j]) if self.noise else None
         return DepthFrame(index=j, stamp=j / self.rate_hz, depth_m=self.render(pose, rng), K=self.K.copy(), pose=pose)
 

@@ -106,6 +106,14 @@ def _path(s: np.ndarray, m: Motion) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return x, y, h
 
 
+def loop_length(m: Motion) -> float:
+    """Length of one lap of ``m``'s rounded-rectangle path [m]."""
+    x0, x1 = STREETS_X[0] - m.offset, STREETS_X[1] + m.offset
+    y0, y1 = STREETS_Y[0] - m.offset, STREETS_Y[1] + m.offset
+    r = m.corner_radius
+    return 2 * ((x1 - x0) - 2 * r) + 2 * ((y1 - y0) - 2 * r) + 2 * math.pi * r
+
+
 def _motion_poses(t: np.ndarray, m: Motion) -> tuple[np.ndarray, np.ndarray]:
     """Rotations (N, 3, 3) and positions (N, 3) of the sensor at times ``t`` [s]."""
     t = np.asarray(t, dtype=np.float64)
@@ -151,7 +159,9 @@ class SyntheticLidarSequence(IndexedSequence):
     Implements DepthSequence for point clouds (``has_depth`` False, ``K`` NaN; ``width`` x
     ``height`` = columns x beams of the organized scan). ``motion`` is a :data:`MOTIONS` name or
     a :class:`Motion`; ``speed`` overrides its speed [m/s]. Frames are deterministic in
-    (seed, index) whatever the access order.
+    (seed, index) whatever the access order. ``loop=True`` sets the speed so that the sequence
+    drives the block exactly once (frame ``num_frames`` would be back at frame 0's place): a
+    loop to close, named ``synthetic_lidar_loop``.
     """
 
     has_depth = False
@@ -171,6 +181,7 @@ class SyntheticLidarSequence(IndexedSequence):
         max_range: float = 100.0,
         distort: bool = True,
         elevations_deg: np.ndarray | None = None,
+        loop: bool = False,
     ):
         if int(num_frames) < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -192,8 +203,12 @@ class SyntheticLidarSequence(IndexedSequence):
             if not (math.isfinite(speed) and speed >= 0):
                 raise ValueError(f"speed must be >= 0 m/s, got {speed}")
             motion = Motion(**{**motion.__dict__, "speed": float(speed)})
+        if loop:
+            if speed is not None:
+                raise ValueError("loop=True chooses the speed (one lap over the sequence); give no speed")
+            motion = Motion(**{**motion.__dict__, "speed": loop_length(motion) * float(rate_hz) / int(num_frames)})
         self.motion = motion
-        self.name = "synthetic_lidar"
+        self.name = "synthetic_lidar_loop" if loop else "synthetic_lidar"
         self.frame_id = "lidar"
         self.num_frames, self.beams, self.columns = int(num_frames), int(beams), int(columns)
         self.width, self.height = self.columns, self.beams

@@ -87,6 +87,11 @@ def run_demo(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     if not indices:
         print(f"demo: no frames to play ({len(seq)} in the sequence, start {getattr(args, 'start', 0)})")
         return 2
+    if getattr(args, "there_and_back", False):  # forward on the even frames, back on the odd ones
+        from ukpgan_ros.datasets import ThereAndBackSequence
+
+        seq = ThereAndBackSequence(seq, indices)
+        indices, skipped = list(range(len(seq))), None
     modes = [cfg.registration]
     if getattr(args, "compare", False) and cfg.registration in ("keyframe", "consecutive"):
         modes.append("consecutive" if cfg.registration == "keyframe" else "keyframe")

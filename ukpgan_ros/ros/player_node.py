@@ -31,7 +31,8 @@ class DepthPlayerNode(Node):
     def __init__(self, node_name: str = "depth_player", sequence: Any = None, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         p = self.declare_parameter
-        p("source", "synthetic", ParameterDescriptor(description="'synthetic' or 'synthetic_lidar' (built in), a 7-Scenes/TUM, "
+        p("source", "synthetic", ParameterDescriptor(description="'synthetic', 'synthetic_loop', 'synthetic_lidar' or "
+                                                             "'synthetic_lidar_loop' (built in), a 7-Scenes/TUM, "
                                                              "KITTI or PCD/PLY scan folder, or a bag"))
         p("output", "cloud", ParameterDescriptor(description="cloud, depth or both"))
         p("rate", 0.0, ParameterDescriptor(description="frames per second; 0 uses the sequence's rate / stride"))
@@ -39,6 +40,8 @@ class DepthPlayerNode(Node):
         p("start", 0, ParameterDescriptor(description="first frame index"))
         p("max_frames", 0, ParameterDescriptor(description="stop after this many frames (0: all)"))
         p("loop", False, ParameterDescriptor(description="start over at the end"))
+        p("there_and_back", False, ParameterDescriptor(description="play the selected frames forward on the even "
+                                                               "ones and back on the odd ones (a loop to close)"))
         p("frame_id", "", ParameterDescriptor(description="sensor frame of the output; empty: the sequence's own "
                                                    "(a bag's, 'velodyne' for KITTI) or camera_depth_optical_frame"))
         p("odom_frame", "odom", ParameterDescriptor(description="frame of ground_truth/pose"))
@@ -65,6 +68,10 @@ class DepthPlayerNode(Node):
             indices = indices[: int(g("max_frames"))]
         if not indices:
             raise ValueError(f"no frames to play: start {self.start} of {len(sequence)} frames")
+        if g("there_and_back"):
+            from ukpgan_ros.datasets import there_and_back
+
+            indices = there_and_back(indices)
         self.indices = indices
         self._cursor = 0
         self._first_pose: np.ndarray | None = None
