@@ -754,8 +754,12 @@ def test_a_huge_initialpose_never_stops_the_worker(harness_factory, frames):
         assert snap["processed"] == 5
     assert h.call("reset").success
     _feed(h, pub, frames[0], 9.0, 6)
-    odo = h.wait("odometry", 3)
-    np.testing.assert_allclose(_odom_matrix(odo[-1]), np.eye(4), atol=1e-9)
+    deadline = time.monotonic() + 30  # the odometry of the frame after the reset (stamp 9 s): at the origin
+    while time.monotonic() < deadline and not any(o.header.stamp.sec == 9 for o in h.got["odometry"]):
+        time.sleep(0.02)
+    after = [o for o in h.got["odometry"] if o.header.stamp.sec == 9]
+    assert len(after) == 1, [o.header.stamp.sec for o in h.got["odometry"]]
+    np.testing.assert_allclose(_odom_matrix(after[0]), np.eye(4), atol=1e-9)
     assert _diag(h, "frames_processed", str(snap["processed"] + 1))["_level"] != DiagnosticStatus.ERROR
     assert h.state() == State.PRIMARY_STATE_ACTIVE
 
