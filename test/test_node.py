@@ -487,7 +487,8 @@ def test_cleanup_removes_every_publisher_configure_made_tf_included(harness_fact
     tf = 1 if _has_tf2_msgs() else 0
     for _ in range(3):
         assert h.transition(Transition.TRANSITION_CONFIGURE)
-        expect = (base[0] + 6 + tf, tf)  # keypoints, markers, transform, pose, odometry, diagnostics (+ /tf)
+        # keypoints, markers, transform, pose, odometry, map_pose, diagnostics (+ /tf)
+        expect = (base[0] + 7 + tf, tf)
         configured = publishers()
         assert configured == expect, configured
         assert h.transition(Transition.TRANSITION_ACTIVATE) and h.transition(Transition.TRANSITION_DEACTIVATE)

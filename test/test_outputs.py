@@ -35,7 +35,8 @@ def _rigid(seed: int) -> np.ndarray:
     return T
 
 
-def _result(placed: bool = True, motion: bool = True, tracking: bool = True, map_pose: bool = False) -> FrameResult:
+def _result(placed: bool = True, motion: bool = True, tracking: bool = True, map_pose: bool = False,
+            map_from_odom: np.ndarray | None = None) -> FrameResult:
     rng = np.random.default_rng(0)
     kps = Keypoints(rng.normal(size=(5, 3)).astype(np.float32), np.linspace(1, 0, 5).astype(np.float32),
                     np.arange(5, dtype=np.int64))
@@ -44,7 +45,8 @@ def _result(placed: bool = True, motion: bool = True, tracking: bool = True, map
     cov[0, 1], cov[1, 0] = 2e-5, 0.0  # not symmetric: published symmetrised
     step = TrackStep(TrackState.TRACKING if placed else TrackState.LOST, pose if placed else None,
                      cov if placed else None, _rigid(2) if placed and motion else None, None)
-    return FrameResult(kps, 100, 200, None, pose, {}, 0.05, step if tracking else None, is_map_pose=map_pose)
+    return FrameResult(kps, 100, 200, None, pose, {}, 0.05, step if tracking else None, is_map_pose=map_pose,
+                       map_from_odom=map_from_odom)
 
 
 def _by_key(outs) -> dict:
@@ -112,10 +114,37 @@ def test_a_covariance_that_is_not_finite_is_refused():
         frame_outputs(res, STAMP, "cam", OutputSettings())
 
 
+def test_loop_closure_publishes_map_to_odom_and_leaves_odometry_alone():
+    """REP 105: with loop closure the correction goes on /tf as map -> odom and the sensor in the
+    map on ~/map_pose (its covariance moved with the correction); odom -> sensor is unchanged."""
+    from ukpgan_ros.transforms import adjoint
+
+    C = _rigid(5)
+    res = _result(map_from_odom=C)
+    outs = _by_key(frame_outputs(res, STAMP, "cam", OutputSettings(odom_frame="odom", map_frame="map")))
+    assert list(outs) == ["keypoints", "markers", "transform", "pose", "odometry", "tf", "map_pose", "map_tf"]
+    m = outs["map_tf"]
+    assert (m.frame_id, m.child_frame_id) == ("map", "odom") and m.topic == "/tf"
+    np.testing.assert_array_equal(m.matrix, C)
+    mp = outs["map_pose"]
+    assert mp.frame_id == "map" and mp.topic == "~/map_pose"
+    np.testing.assert_allclose(mp.matrix, C @ res.pose, atol=1e-12)
+    Ad = adjoint(C)
+    cov = 0.5 * (res.tracking.covariance + res.tracking.covariance.T)
+    np.testing.assert_allclose(mp.covariance, Ad @ cov @ Ad.T, atol=1e-15)
+    np.testing.assert_array_equal(outs["tf"].matrix, res.pose)  # odometry untouched
+    assert "map_tf" not in _by_key(frame_outputs(res, STAMP, "cam", OutputSettings(publish_tf=False)))
+    assert "map_pose" not in _by_key(frame_outputs(_result(), STAMP, "cam", OutputSettings()))  # no loop closure
+    assert [o.key for o in frame_outputs(_result(placed=False, map_from_odom=C), STAMP, "cam", OutputSettings())] \
+        == ["keypoints", "markers"]
+    with pytest.raises(Exception, match="map_frame"):
+        PipelineConfig(map_frame="odom").validate()
+
+
 def test_the_topic_table():
     keys = [o.key for o in OUTPUT_TOPICS]
-    assert keys == ["keypoints", "markers", "transform", "pose", "odometry", "tf"]
-    assert [o.key for o in OUTPUT_TOPICS if not o.private] == ["tf"]
+    assert keys == ["keypoints", "markers", "transform", "pose", "odometry", "tf", "map_pose", "map_tf"]
+    assert [o.key for o in OUTPUT_TOPICS if not o.private] == ["tf", "map_tf"]
     assert resolve_topic("~/odometry") == "/ukpgan_detector/odometry" and resolve_topic("/tf") == "/tf"
     assert OutputSettings.from_config(PipelineConfig(voxel_size=0.01)).marker_scale == 0.02  # at least 2 cm
 
@@ -129,12 +158,12 @@ def test_both_back_ends_render_the_same_messages():
     from ukpgan_ros.ros.render import render as render_ros
 
     b = MessageBuilder()
-    outs = frame_outputs(_result(), STAMP, "cam", OutputSettings())
-    assert [o.key for o in outs][-1] == "tf"
-    for out in outs if HAVE_TF2_MSGS else outs[:-1]:
+    outs = frame_outputs(_result(map_from_odom=_rigid(5)), STAMP, "cam", OutputSettings())
+    assert [o.key for o in outs][-3:] == ["tf", "map_pose", "map_tf"]
+    for out in outs if HAVE_TF2_MSGS else [o for o in outs if o.topic != "/tf"]:
         ros, bag = render_ros(out), render_bag(b, out)
         assert type(ros).__name__ == out.msgtype.rsplit("/", 1)[1] and bag.__msgtype__ == out.msgtype
-        if out.key == "tf":
+        if out.key in ("tf", "map_tf"):
             ros, bag = ros.transforms[0], bag.transforms[0]
         if out.key == "markers":
             ros, bag = ros.markers[1], bag.markers[1]
@@ -145,7 +174,7 @@ def test_both_back_ends_render_the_same_messages():
         if out.key == "keypoints":
             for name in ("x", "y", "z", "saliency"):
                 np.testing.assert_array_equal(pointcloud2_fields(ros, [name])[name], pointcloud2_fields(bag, [name])[name])
-        if out.key in ("transform", "tf"):
+        if out.key in ("transform", "tf", "map_tf"):
             assert ros.child_frame_id == bag.child_frame_id == out.child_frame_id
             for f in ("x", "y", "z"):
                 assert getattr(ros.transform.translation, f) == getattr(bag.transform.translation, f)
@@ -155,6 +184,10 @@ def test_both_back_ends_render_the_same_messages():
             rp, bp = (ros.pose, bag.pose) if out.key == "pose" else (ros.pose.pose, bag.pose.pose)
             np.testing.assert_allclose(pose_to_matrix(rp), out.matrix, atol=1e-12)
             np.testing.assert_array_equal(pose_to_matrix(rp), pose_to_matrix(bp))
+        if out.key == "map_pose":
+            np.testing.assert_allclose(pose_to_matrix(ros.pose.pose), out.matrix, atol=1e-12)
+            np.testing.assert_array_equal(pose_to_matrix(ros.pose.pose), pose_to_matrix(bag.pose.pose))
+            np.testing.assert_array_equal(np.asarray(ros.pose.covariance), bag.pose.covariance)
         if out.key == "odometry":
             assert ros.child_frame_id == bag.child_frame_id == "cam"
             np.testing.assert_array_equal(np.asarray(ros.pose.covariance), bag.pose.covariance)
@@ -195,6 +228,9 @@ def _summary(msg) -> tuple:
         return _stamp(msg.header), msg.header.frame_id, msg.child_frame_id, T
     if name == "PoseStamped":
         return _stamp(msg.header), msg.header.frame_id, "", pose_to_matrix(msg.pose)
+    if name == "PoseWithCovarianceStamped":
+        return (_stamp(msg.header), msg.header.frame_id, "", pose_to_matrix(msg.pose.pose),
+                np.asarray(msg.pose.covariance).reshape(6, 6))
     if name == "Odometry":
         return (_stamp(msg.header), msg.header.frame_id, msg.child_frame_id, pose_to_matrix(msg.pose.pose),
                 np.asarray(msg.pose.covariance).reshape(6, 6), np.asarray(msg.twist.covariance).reshape(6, 6))
@@ -234,7 +270,7 @@ def _run_node(seq) -> tuple[dict[str, list], dict[str, str]]:
                               parameter_overrides=[Parameter(k, value=v) for k, v in PARAMS.items()])
     probe = rclpy.create_node("probe", context=ctx)
     got: dict[str, list] = {}
-    for o in OUTPUT_TOPICS if HAVE_TF2_MSGS else OUTPUT_TOPICS[:-1]:
+    for o in (o for o in OUTPUT_TOPICS if HAVE_TF2_MSGS or o.topic != "/tf"):
         topic = resolve_topic(o.topic)
         got[topic] = []
         probe.create_subscription(message_class(o.msgtype), topic, got[topic].append, 100)

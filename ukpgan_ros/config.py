@@ -190,6 +190,8 @@ class PipelineConfig(_Fields):
                "with the motion of the last two placed frames (constant velocity, as KISS-ICP); for spinning "
                "LiDARs on vehicles, off for depth cameras (no sweep)", live=True)
     odom_frame: str = _f("odom", "frame of the accumulated pose", live=True)
+    map_frame: str = _f("map", "frame of the loop-corrected map (REP 105): with loop closure the node publishes "
+                               "map_frame -> odom_frame on /tf and ~/map_pose", live=True)
     model_path: str = _f("", "UKPGAN weights (.safetensors); empty means the shipped model")
     seed: int = _f(0, "seed for random sampling and RANSAC", range=(0, 2**31 - 1), live=True)
 
@@ -230,8 +232,12 @@ class PipelineConfig(_Fields):
             raise ConfigError(f"min_range ({self.min_range}) must be below max_range ({self.max_range})")
         if self.registration == "reference" and not self.reference_cloud:
             raise ConfigError("registration=reference needs reference_cloud (a map folder or a cloud file)")
-        if not self.odom_frame.strip() or self.odom_frame != self.odom_frame.strip():
-            raise ConfigError(f"odom_frame: {self.odom_frame!r} is not a frame name (empty or with spaces)")
+        for name in ("odom_frame", "map_frame"):
+            frame = getattr(self, name)
+            if not frame.strip() or frame != frame.strip():
+                raise ConfigError(f"{name}: {frame!r} is not a frame name (empty or with spaces)")
+        if self.map_frame == self.odom_frame:
+            raise ConfigError(f"map_frame and odom_frame are both {self.map_frame!r}: REP 105 needs two frames")
         return self
 
 

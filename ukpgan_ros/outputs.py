@@ -20,7 +20,11 @@ The rules (REP 105), written once:
   ``odom_frame``; the pose covariance symmetrised, the twist not estimated (zero, variance
   :data:`UNKNOWN_TWIST_VARIANCE` on the diagonal);
 - ``/tf`` (``odom_frame -> sensor frame``) only when ``publish_tf`` is set and the sensor frame is
-  neither empty nor ``odom_frame`` itself.
+  neither empty nor ``odom_frame`` itself;
+- with loop closure (the result carries ``map_from_odom``), a placed frame also publishes the
+  correction ``map_frame -> odom_frame`` on ``/tf`` (when ``publish_tf``) and ``~/map_pose``
+  (PoseWithCovarianceStamped: the sensor in ``map_frame``, ``map_from_odom @ pose``, its
+  covariance moved with the correction): odometry stays continuous, the map frame may jump.
 """
 
 from __future__ import annotations
@@ -38,13 +42,15 @@ if TYPE_CHECKING:
 __all__ = [
     "OutputTopic", "OUTPUT_TOPICS", "TOPICS", "Output", "OutputSettings", "frame_outputs", "resolve_topic",
     "UNKNOWN_TWIST_VARIANCE", "NODE_NAMESPACE",
-    "POINTCLOUD2", "MARKER_ARRAY", "TRANSFORM_STAMPED", "POSE_STAMPED", "ODOMETRY", "TF_MESSAGE",
+    "POINTCLOUD2", "MARKER_ARRAY", "TRANSFORM_STAMPED", "POSE_STAMPED", "POSE_WITH_COVARIANCE_STAMPED", "ODOMETRY",
+    "TF_MESSAGE",
 ]
 
 POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
 MARKER_ARRAY = "visualization_msgs/msg/MarkerArray"
 TRANSFORM_STAMPED = "geometry_msgs/msg/TransformStamped"
 POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
+POSE_WITH_COVARIANCE_STAMPED = "geometry_msgs/msg/PoseWithCovarianceStamped"
 ODOMETRY = "nav_msgs/msg/Odometry"
 TF_MESSAGE = "tf2_msgs/msg/TFMessage"
 
@@ -75,6 +81,8 @@ OUTPUT_TOPICS: tuple[OutputTopic, ...] = (
     OutputTopic("pose", "~/pose", POSE_STAMPED, 10),
     OutputTopic("odometry", "~/odometry", ODOMETRY, 10),
     OutputTopic("tf", "/tf", TF_MESSAGE, 100),  # as tf2_ros's TransformBroadcaster
+    OutputTopic("map_pose", "~/map_pose", POSE_WITH_COVARIANCE_STAMPED, 10),
+    OutputTopic("map_tf", "/tf", TF_MESSAGE, 100),  # map -> odom, on the same /tf
 )
 TOPICS: dict[str, OutputTopic] = {t.key: t for t in OUTPUT_TOPICS}
 
@@ -91,11 +99,12 @@ class OutputSettings:
     odom_frame: str = "odom"
     publish_tf: bool = True
     marker_scale: float = 0.03  # sphere diameter of the keypoint markers [m]
+    map_frame: str = "map"
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> OutputSettings:
         return cls(odom_frame=cfg.odom_frame, publish_tf=bool(cfg.publish_tf),
-                   marker_scale=max(0.02, 0.6 * cfg.voxel_size))
+                   marker_scale=max(0.02, 0.6 * cfg.voxel_size), map_frame=cfg.map_frame)
 
 
 @dataclass(frozen=True)
@@ -154,4 +163,13 @@ def frame_outputs(result: FrameResult, stamp_ns: int, sensor_frame: str, setting
                        twist_covariance=np.eye(6) * UNKNOWN_TWIST_VARIANCE))
     if settings.publish_tf and sensor_frame and sensor_frame != odom:
         outs.append(Output("tf", stamp, odom, sensor_frame, matrix=pose))
+    if result.map_from_odom is not None:  # REP 105: the localiser's correction, odometry untouched
+        from ukpgan_ros.transforms import adjoint
+
+        C = np.asarray(result.map_from_odom, np.float64)
+        Ad = adjoint(C)
+        outs.append(Output("map_pose", stamp, settings.map_frame, sensor_frame, matrix=C @ pose,
+                           covariance=_symmetric_covariance(Ad @ np.asarray(step.covariance, np.float64) @ Ad.T)))
+        if settings.publish_tf:
+            outs.append(Output("map_tf", stamp, settings.map_frame, odom, matrix=C))
     return outs

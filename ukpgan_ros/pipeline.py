@@ -43,6 +43,9 @@ class FrameResult:
     voxel_size: float = 0.0  # of the working cloud [m] (the chosen one with working_points > 0)
     tracking: TrackStep | None = None  # state, covariance, motion, keyframe; None in mode none
     is_map_pose: bool = False  # pose is map_from_sensor found on its own in a fixed map (reference mode)
+    # (4, 4) the map -> odom correction of loop closure (REP 105): map_from_odom @ pose is the
+    # sensor in the map; None without loop closure
+    map_from_odom: np.ndarray | None = None
 
     @property
     def total_time(self) -> float:
@@ -359,7 +362,15 @@ class KeypointPipeline:
             self._remember_velocity(step, stamp)
         return FrameResult(feats.keypoints, len(feats.cloud), feats.cloud.raw_count,
                            step.registration if step is not None else None, self.pose, timings,
-                           self._cfg.voxel_size, step, self.tracker is not None and self.tracker.map_poses)
+                           self._cfg.voxel_size, step, self.tracker is not None and self.tracker.map_poses,
+                           self._map_from_odom())
+
+    def _map_from_odom(self) -> np.ndarray | None:
+        """The loop closer's map -> odom correction, when this stream closes loops."""
+        if not self._cfg.loop_closure or self.tracker is None:
+            return None
+        correction = getattr(self.tracker, "map_from_odom", None)
+        return None if correction is None else np.array(correction, np.float64)
 
 
 def register_clouds(source: np.ndarray, target: np.ndarray, cfg: PipelineConfig,

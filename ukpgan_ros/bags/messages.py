@@ -113,6 +113,13 @@ class MessageBuilder:
                              covariance=np.asarray(twist_covariance, np.float64).reshape(36).copy())
         return T_[ODOMETRY](header=header, child_frame_id=child_frame_id, pose=pose, twist=twist)
 
+    def pose_with_covariance_stamped(self, T: np.ndarray, covariance: np.ndarray, header: Any) -> Any:
+        """A PoseWithCovarianceStamped placing ``T``'s frame in ``header.frame_id``, covariance as given."""
+        T_ = self.T
+        pose = T_["geometry_msgs/msg/PoseWithCovariance"](
+            pose=self.pose(T), covariance=np.asarray(covariance, np.float64).reshape(36).copy())
+        return T_["geometry_msgs/msg/PoseWithCovarianceStamped"](header=header, pose=pose)
+
     def transform_stamped(self, T: np.ndarray, header: Any, child_frame_id: str) -> Any:
         t, q = matrix_to_quaternion(T)
         T_ = self.T
@@ -157,6 +164,8 @@ def render(b: MessageBuilder, out: Output) -> Any:
         "pose": lambda: b.pose_stamped(T, header),
         "odometry": lambda: b.odometry(T, out.covariance, out.twist_covariance, header, out.child_frame_id),
         "tf": lambda: b.tf_message([b.transform_stamped(T, header, out.child_frame_id)]),
+        "map_tf": lambda: b.tf_message([b.transform_stamped(T, header, out.child_frame_id)]),
+        "map_pose": lambda: b.pose_with_covariance_stamped(T, out.covariance, header),
     }
     if out.key not in build:
         raise ValueError(f"no message for output {out.key!r}")

@@ -226,7 +226,7 @@ class UkpganDetectorNode(LifecycleNode):
         from ukpgan_ros.ros.render import render
 
         for out in frame_outputs(result, stamp_ns(header.stamp), header.frame_id, OutputSettings.from_config(cfg)):
-            pub = self._tf if out.key == "tf" else self._pubs.get(out.key)
+            pub = self._tf if out.topic == "/tf" else self._pubs.get(out.key)
             if pub is not None:  # /tf is None without tf2_msgs
                 pub.publish(render(out))
 

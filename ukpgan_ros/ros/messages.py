@@ -26,6 +26,7 @@ __all__ = [
     "saliency_colors",
     "matrix_to_transform_stamped",
     "matrix_to_pose_stamped",
+    "matrix_to_pose_with_covariance_stamped",
     "transform_stamped_to_matrix",
     "pose_stamped_to_matrix",
     "odometry_msg",
@@ -109,6 +110,16 @@ def matrix_to_pose_stamped(T: np.ndarray, header: Header) -> PoseStamped:
     msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = map(float, t)
     o = msg.pose.orientation
     o.x, o.y, o.z, o.w = map(float, q)
+    return msg
+
+
+def matrix_to_pose_with_covariance_stamped(T: np.ndarray, covariance: np.ndarray, header: Header) -> PoseWithCovarianceStamped:
+    """A PoseWithCovarianceStamped placing ``T``'s frame in ``header.frame_id`` with the 6x6
+    ``covariance`` (x, y, z, rx, ry, rz), as given."""
+    pose = matrix_to_pose_stamped(T, header)
+    msg = PoseWithCovarianceStamped(header=pose.header)
+    msg.pose.pose = pose.pose
+    msg.pose.covariance = [float(v) for v in np.asarray(covariance, np.float64).reshape(36)]
     return msg
 
 

@@ -12,7 +12,8 @@ from std_msgs.msg import Header
 
 from ukpgan_ros.outputs import Output
 from ukpgan_ros.ros.cloud_msgs import xyz_to_pointcloud2
-from ukpgan_ros.ros.messages import keypoint_markers, matrix_to_pose_stamped, matrix_to_transform_stamped, odometry_msg
+from ukpgan_ros.ros.messages import (keypoint_markers, matrix_to_pose_stamped, matrix_to_pose_with_covariance_stamped,
+                                     matrix_to_transform_stamped, odometry_msg)
 from ukpgan_ros.transforms import ns_to_sec_nsec
 
 __all__ = ["message_class", "render"]
@@ -39,11 +40,13 @@ def render(out: Output) -> Any:
         return keypoint_markers(out.keypoints, header, scale=out.marker_scale)
     if kind == "pose":
         return matrix_to_pose_stamped(out.matrix, header)
+    if kind == "map_pose":
+        return matrix_to_pose_with_covariance_stamped(out.matrix, out.covariance, header)
     if kind == "odometry":
         return odometry_msg(out.matrix, out.covariance, header, out.frame_id, out.child_frame_id, out.twist_covariance)
     transform = matrix_to_transform_stamped(out.matrix, header, out.child_frame_id)
     if kind == "transform":
         return transform
-    if kind == "tf":
+    if kind in ("tf", "map_tf"):
         return message_class(out.msgtype)(transforms=[transform])
     raise ValueError(f"no message for output {kind!r}")
