@@ -322,11 +322,10 @@ def test_malformed_clouds_are_dropped_and_the_node_keeps_serving(harness_factory
     time.sleep(0.5)
     good = _cloud(frames[0], 1.0)
     bad = _bad_clouds(good)
-    for msg in bad:
+    for k, msg in enumerate(bad, 1):
         pub.publish(msg)
-        time.sleep(0.15)  # one at a time, so none is replaced in the mailbox
-    snap = h.wait_processed(len(bad))
-    assert snap["malformed"] == len(bad) and snap["errors"] == 0
+        snap = _settled(h, k)  # one at a time, so none is replaced in the mailbox
+    assert snap["malformed"] == len(bad) and snap["errors"] == 0, snap
     pub.publish(good)
     assert len(h.wait("keypoints", 1)) == 1, "the node stopped serving after malformed input"
     assert h.state() == State.PRIMARY_STATE_ACTIVE
