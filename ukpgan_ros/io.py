@@ -22,7 +22,7 @@ import open3d as o3d
 
 __all__ = [
     "read_cloud", "write_cloud", "read_transform", "read_depth_png", "read_intrinsics", "read_pose_or_none",
-    "regular_file", "MAX_CLOUD_BYTES", "read_kitti_bin", "KITTI_POINT_BYTES",
+    "regular_file", "MAX_CLOUD_BYTES", "read_kitti_bin", "returns_only", "KITTI_POINT_BYTES",
 ]
 
 _CLOUD_SUFFIXES = (".ply", ".pcd", ".npy", ".xyz", ".txt", ".bin")
@@ -283,6 +283,15 @@ def _check_npy(p: Path, size: int, max_bytes: int) -> None:
 
 # ----------------------------------------------------------------------------- point clouds
 
+def returns_only(points: np.ndarray) -> np.ndarray:
+    """The rows of (N, 3) ``points`` that are a return: finite and not at the origin (zero range:
+    how drivers and KITTI-style files mark a beam without echo). float32, contiguous."""
+    pts = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
+    keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(z) & ((x != 0) | (y != 0) | (z != 0))
+    return np.ascontiguousarray(pts if keep.all() else pts[keep])
+
+
 def read_kitti_bin(path: str | Path, with_reflectance: bool = False) -> np.ndarray:
     """A KITTI ``.bin`` scan as float32 (N, 3) (or (N, 4) with reflectance), every row as stored.
 
@@ -345,9 +354,8 @@ def read_cloud(path: str | Path, max_bytes: int = MAX_CLOUD_BYTES) -> np.ndarray
         if arr.ndim != 2 or arr.shape[1] != 3:
             raise ValueError(f"{p}: expected at least 3 numeric columns per line, got shape {arr.shape}")
         return _finite_points(arr, p)
-    if suffix == ".bin":  # returns at the origin are no points (no echo)
-        scan = read_kitti_bin(p)
-        return scan[np.any(scan != 0.0, axis=1)]
+    if suffix == ".bin":
+        return returns_only(read_kitti_bin(p))
     raise ValueError(f"{p}: unsupported cloud format {suffix!r} (expected one of {', '.join(_CLOUD_SUFFIXES)})")
 
 

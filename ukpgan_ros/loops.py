@@ -42,7 +42,7 @@ from ukpgan_ros.config import PipelineConfig
 from ukpgan_ros.maps import Keyframe, KeyframeMap
 from ukpgan_ros.posegraph import LOOP, Edge, GraphResult, loop_edge, optimize
 from ukpgan_ros.registration import FrameFeatures, RegistrationResult, registration_covariance
-from ukpgan_ros.transforms import rotation_angle_deg
+from ukpgan_ros.transforms import moved_covariance, rotation_angle_deg
 
 __all__ = ["LoopPolicy", "LoopCloser", "LoopSnapshot", "LoopStats", "MergeReport", "drift_of", "agree", "merge_maps",
            "chain_edges", "AGREE_VOXELS"]
@@ -446,7 +446,7 @@ def merge_maps(a: KeyframeMap, b: KeyframeMap, register: Register, distance: flo
     a_edges = a.edges or chain_edges(a)
     b_edges = [replace(e, i=e.i + offset, j=e.j + offset) for e in (b.edges or chain_edges(b))]
     frames = list(a) + [replace(kb, id=kb.id + offset, pose=T_ab @ kb.pose, odom_pose=None,
-                                covariance=_moved(T_ab, kb.covariance)) for kb in b]
+                                covariance=moved_covariance(T_ab, kb.covariance, "keyframe covariance")) for kb in b]
     loops = []
     for m in best:
         ka, kb, reg, _T = hyps[m]
@@ -462,9 +462,3 @@ def merge_maps(a: KeyframeMap, b: KeyframeMap, register: Register, distance: flo
     report = MergeReport(T_ab, tuple((hyps[m][0].id, hyps[m][1].id) for m in best), tried, len(hyps), offset,
                          len(res.rejected), time.perf_counter() - t0)
     return merged, report
-
-
-def _moved(T: np.ndarray, cov: np.ndarray) -> np.ndarray:
-    from ukpgan_ros.maps import moved_covariance
-
-    return moved_covariance(T, cov, "keyframe covariance")

@@ -47,10 +47,10 @@ from ukpgan_ros.detectors.base import Keypoints
 from ukpgan_ros.features.registry import descriptor
 from ukpgan_ros.posegraph import LOOP, ODOMETRY, Edge
 from ukpgan_ros.registration import FrameFeatures
-from ukpgan_ros.transforms import MAX_TRANSLATION_M, adjoint, check_covariance, check_rigid
+from ukpgan_ros.transforms import MAX_TRANSLATION_M, check_covariance, check_rigid, moved_covariance
 
 __all__ = ["Keyframe", "KeyframeMap", "MapFormatError", "MAP_FORMAT", "MAP_VERSION", "save_map", "load_map",
-           "check_map_destination", "moved_covariance"]
+           "check_map_destination"]
 
 MAP_FORMAT = "ukpgan_ros.keyframe_map"
 MAP_VERSION = 2
@@ -62,16 +62,6 @@ class MapFormatError(ValueError):
     """A map folder is missing, incomplete, corrupt, or incompatible with the configuration."""
 
 
-def moved_covariance(T: np.ndarray, cov: np.ndarray, what: str = "covariance") -> np.ndarray:
-    """``cov`` (6x6, x y z rx ry rz) moved by the rigid ``T`` (``Ad C Ad^T``); ValueError naming
-    ``what`` when the product overflows (a huge translation times a huge variance)."""
-    Ad = adjoint(T)
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = Ad @ np.asarray(cov, np.float64) @ Ad.T
-    if not np.isfinite(out).all():
-        raise ValueError(f"{what}: moving it by a transform {float(np.linalg.norm(np.asarray(T)[:3, 3])):.3g} m "
-                         "away overflows; refused")
-    return out
 
 @dataclass(frozen=True)
 class Keyframe:

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ukpgan_ros.transforms import moved_covariance
+
 if TYPE_CHECKING:
     from ukpgan_ros.config import PipelineConfig
     from ukpgan_ros.detectors.base import Keypoints
@@ -164,12 +166,10 @@ def frame_outputs(result: FrameResult, stamp_ns: int, sensor_frame: str, setting
     if settings.publish_tf and sensor_frame and sensor_frame != odom:
         outs.append(Output("tf", stamp, odom, sensor_frame, matrix=pose))
     if result.map_from_odom is not None:  # REP 105: the localiser's correction, odometry untouched
-        from ukpgan_ros.transforms import adjoint
-
         C = np.asarray(result.map_from_odom, np.float64)
-        Ad = adjoint(C)
+        cov = moved_covariance(C, _symmetric_covariance(step.covariance), "map pose covariance")
         outs.append(Output("map_pose", stamp, settings.map_frame, sensor_frame, matrix=C @ pose,
-                           covariance=_symmetric_covariance(Ad @ np.asarray(step.covariance, np.float64) @ Ad.T)))
+                           covariance=_symmetric_covariance(cov)))
         if settings.publish_tf:
             outs.append(Output("map_tf", stamp, settings.map_frame, odom, matrix=C))
     return outs

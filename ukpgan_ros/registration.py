@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import open3d as o3d
+from scipy.spatial.transform import Rotation
 
 from ukpgan_ros.cloud import WorkingCloud, to_legacy
 from ukpgan_ros.detectors.base import Keypoints
@@ -245,10 +246,10 @@ def slides_back(src: WorkingCloud, tgt: WorkingCloud, T: np.ndarray, distance: f
     for sign in (1.0, -1.0):
         u = sign * shift * distance * v / max(float(np.linalg.norm(v)), 1e-12)
         D = np.eye(4)
-        R = _rotation_from_vector(u[3:] / scale)
+        R = Rotation.from_rotvec(u[3:] / scale).as_matrix()
         D[:3, :3], D[:3, 3] = R, c - R @ c + u[:3]  # rotate about the pairs' centroid, then translate
-        T2 = refine_icp(src, tgt, D @ T, distance)[0]
-        moved = points @ (T2 @ np.linalg.inv(T))[:3, :3].T + (T2 @ np.linalg.inv(T))[:3, 3]
+        back_move = refine_icp(src, tgt, D @ T, distance)[0] @ np.linalg.inv(T)  # where ICP took the fit
+        moved = points @ back_move[:3, :3].T + back_move[:3, 3]
         if float(np.sqrt(np.mean(np.sum((moved - points) ** 2, axis=1)))) > back * distance:
             return False
     return True
@@ -259,16 +260,6 @@ def _sensors_coincide(T: np.ndarray, distance: float) -> bool:
     of the target sensor: where a sampling pattern fixed to the sensor (a spinning LiDAR's rings,
     symmetric about its axis) fits itself, whatever the turn about that axis."""
     return float(np.linalg.norm(np.asarray(T)[:3, 3])) < distance
-
-
-def _rotation_from_vector(rv: np.ndarray) -> np.ndarray:
-    """Rotation matrix of a rotation vector (Rodrigues)."""
-    theta = float(np.linalg.norm(rv))
-    if theta < 1e-12:
-        return np.eye(3)
-    k = rv / theta
-    K = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return np.eye(3) + np.sin(theta) * K + (1.0 - np.cos(theta)) * K @ K
 
 
 def register_features(

@@ -39,9 +39,9 @@ import numpy as np
 
 from ukpgan_ros.config import PipelineConfig
 from ukpgan_ros.loops import LoopCloser, LoopPolicy
-from ukpgan_ros.maps import Keyframe, KeyframeMap, MapFormatError, moved_covariance
+from ukpgan_ros.maps import Keyframe, KeyframeMap, MapFormatError
 from ukpgan_ros.posegraph import odometry_edge
-from ukpgan_ros.transforms import MAX_TRANSLATION_M, check_covariance, check_rigid, rotation_angle_deg
+from ukpgan_ros.transforms import MAX_TRANSLATION_M, check_covariance, check_rigid, moved_covariance, rotation_angle_deg
 from ukpgan_ros.registration import FrameFeatures, RegistrationResult, registration_covariance
 
 __all__ = [

@@ -18,7 +18,7 @@ from scipy.spatial.transform import Rotation
 __all__ = [
     "MAX_TRANSLATION_M", "MAX_VARIANCE", "check_rigid", "check_covariance", "matrix_to_quaternion",
     "quaternion_to_matrix", "matrix_from_translation_quaternion", "pose_to_matrix", "rotation_angle_deg",
-    "rotation_error_deg", "translation_error", "adjoint", "stamp_ns", "stamp_seconds", "ns_to_sec_nsec",
+    "rotation_error_deg", "translation_error", "adjoint", "moved_covariance", "stamp_ns", "stamp_seconds", "ns_to_sec_nsec",
     "seconds_to_sec_nsec",
 ]
 
@@ -130,6 +130,18 @@ def adjoint(T: Any) -> np.ndarray:
     Ad[:3, 3:] = tx @ R
     Ad[3:, 3:] = R
     return Ad
+
+
+def moved_covariance(T: np.ndarray, cov: np.ndarray, what: str = "covariance") -> np.ndarray:
+    """``cov`` (6x6, x y z rx ry rz) moved by the rigid ``T`` (``Ad C Ad^T``); ValueError naming
+    ``what`` when the product overflows (a huge translation times a huge variance)."""
+    Ad = adjoint(T)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = Ad @ np.asarray(cov, np.float64) @ Ad.T
+    if not np.isfinite(out).all():
+        raise ValueError(f"{what}: moving it by a transform {float(np.linalg.norm(np.asarray(T)[:3, 3])):.3g} m "
+                         "away overflows; refused")
+    return out
 
 
 def stamp_ns(stamp: Any) -> int:

@@ -11,7 +11,7 @@ import numpy as np
 
 from ukpgan_ros.datasets.bag import CAMERA_INFO, IMAGE
 from ukpgan_ros.outputs import MARKER_ARRAY, ODOMETRY, POINTCLOUD2, POSE_STAMPED, TF_MESSAGE, TRANSFORM_STAMPED, Output
-from ukpgan_ros.transforms import matrix_to_quaternion, ns_to_sec_nsec
+from ukpgan_ros.transforms import matrix_to_quaternion, ns_to_sec_nsec, seconds_to_sec_nsec
 
 __all__ = ["MessageBuilder", "render", "kilted_typestore"]
 
@@ -140,10 +140,10 @@ class MessageBuilder:
         xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
         if len(xyz):
             Point, Color = T_["geometry_msgs/msg/Point"], T_["std_msgs/msg/ColorRGBA"]
-            life = int(round(lifetime_s * 1e9))
+            life_sec, life_ns = seconds_to_sec_nsec(lifetime_s)
             sphere = self.default(
                 "visualization_msgs/msg/Marker", header=header, ns=ns, id=0, type=M.SPHERE_LIST, action=M.ADD,
-                lifetime=T_["builtin_interfaces/msg/Duration"](sec=life // 1_000_000_000, nanosec=life % 1_000_000_000),
+                lifetime=T_["builtin_interfaces/msg/Duration"](sec=life_sec, nanosec=life_ns),
                 scale=T_["geometry_msgs/msg/Vector3"](x=scale, y=scale, z=scale),
                 color=Color(r=1.0, g=1.0, b=1.0, a=1.0),
                 points=[Point(x=x, y=y, z=z) for x, y, z in xyz.tolist()],

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
 from ukpgan_ros.depth import depth_to_points
 
-__all__ = ["DepthFrame", "DepthSequence", "IndexedSequence", "has_depth"]
+__all__ = ["DepthFrame", "DepthSequence", "IndexedSequence", "has_depth", "sequence_folder"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,6 +95,14 @@ class DepthSequence(Protocol):
 def has_depth(sequence: DepthSequence) -> bool:
     """Whether a sequence's frames carry depth images (False for a bag of PointCloud2 only)."""
     return bool(getattr(sequence, "has_depth", True))
+
+
+def sequence_folder(folder: str | Path, what: str = "sequence folder") -> Path:
+    """``folder`` (``~`` expanded) when it is a directory; FileNotFoundError naming it otherwise."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such {what}: {root}")
+    return root
 
 
 class IndexedSequence:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ukpgan_ros.datasets.base import sequence_folder
 from ukpgan_ros.datasets.lidar import (
     LIDAR_RATE_HZ,
     CloudSequence,
@@ -47,9 +48,7 @@ class KittiSequence(CloudSequence):
 
     def __init__(self, folder: str | Path, poses: str | Path | None = None, camera_poses: bool = False,
                  rate_hz: float = LIDAR_RATE_HZ):
-        root = Path(folder).expanduser()
-        if not root.is_dir():
-            raise FileNotFoundError(f"no such sequence folder: {root}")
+        root = sequence_folder(folder)
         scan_dir = kitti_scan_dir(root)
         if scan_dir is None:
             raise ValueError(f"{root}: no KITTI scans (*.bin) in it or in {root / 'velodyne'}")

@@ -14,24 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from ukpgan_ros.datasets.base import DepthFrame, IndexedSequence
-from ukpgan_ros.io import regular_file
+from ukpgan_ros.io import regular_file, returns_only
 from ukpgan_ros.transforms import check_rigid, matrix_from_translation_quaternion
 
 __all__ = [
-    "CloudSequence", "returns_only", "read_kitti_poses", "read_kitti_calib", "read_times", "read_tum_poses",
+    "CloudSequence", "read_kitti_poses", "read_kitti_calib", "read_times", "read_tum_poses",
     "read_pose_lines", "LIDAR_RATE_HZ",
 ]
 
 LIDAR_RATE_HZ = 10.0  # the spin rate of most automotive LiDARs (KITTI's HDL-64E, Ouster, Velodyne defaults)
-
-
-def returns_only(points: np.ndarray) -> np.ndarray:
-    """The rows of (N, 3) ``points`` that are a return: finite and not at the origin (zero range:
-    how drivers and KITTI-style files mark a beam without echo). float32, contiguous."""
-    pts = np.asarray(points, dtype=np.float32).reshape(-1, 3)
-    x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
-    keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(z) & ((x != 0) | (y != 0) | (z != 0))
-    return np.ascontiguousarray(pts if keep.all() else pts[keep])
 
 
 def _numeric_lines(path: Path, what: str) -> list[tuple[int, list[float]]]:

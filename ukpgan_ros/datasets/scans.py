@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ukpgan_ros.datasets.base import sequence_folder
 from ukpgan_ros.datasets.lidar import LIDAR_RATE_HZ, CloudSequence, read_pose_lines, read_times
 from ukpgan_ros.io import read_cloud
 
@@ -61,9 +62,7 @@ class ScanFolderSequence(CloudSequence):
 
     def __init__(self, folder: str | Path, poses: str | Path | None = None, rate_hz: float = LIDAR_RATE_HZ,
                  max_dt: float = 0.05, frame_id: str = "lidar"):
-        root = Path(folder).expanduser()
-        if not root.is_dir():
-            raise FileNotFoundError(f"no such scan folder: {root}")
+        root = sequence_folder(folder, "scan folder")
         scan_dir = scan_folder_dir(root)
         if scan_dir is None:
             raise ValueError(f"{root}: no {'/'.join(SCAN_SUFFIXES)} scans in it or in its "

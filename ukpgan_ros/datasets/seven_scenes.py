@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ukpgan_ros.datasets.base import DepthFrame, IndexedSequence
+from ukpgan_ros.datasets.base import DepthFrame, IndexedSequence, sequence_folder
 from ukpgan_ros.depth import depth_to_metres
 from ukpgan_ros.io import read_depth_png, read_intrinsics, read_pose_or_none
 
@@ -37,9 +37,7 @@ class SevenScenesSequence(IndexedSequence):
     """
 
     def __init__(self, folder: str | Path, K: np.ndarray | None = None, rate_hz: float = 30.0, depth_scale: float = 1000.0):
-        root = Path(folder).expanduser()
-        if not root.is_dir():
-            raise FileNotFoundError(f"no such sequence folder: {root}")
+        root = sequence_folder(folder)
         frame_dir = seven_scenes_frame_dir(root)
         if frame_dir is None:
             raise ValueError(f"{root}: no frame-XXXXXX.depth.png in it or in {root / 'frames'}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from ukpgan_ros.datasets.base import DepthFrame, IndexedSequence
+from ukpgan_ros.datasets.base import DepthFrame, IndexedSequence, sequence_folder
 from ukpgan_ros.depth import depth_to_metres
 from ukpgan_ros.io import read_depth_png
 
@@ -34,9 +34,7 @@ class TumSequence(IndexedSequence):
     """
 
     def __init__(self, folder: str | Path, K: np.ndarray | None = None, max_dt: float = 0.02, depth_scale: float = 5000.0):
-        root = Path(folder).expanduser()
-        if not root.is_dir():
-            raise FileNotFoundError(f"no such sequence folder: {root}")
+        root = sequence_folder(folder)
         list_file = root / "depth.txt"
         if not list_file.is_file():
             raise ValueError(f"{root}: not a TUM RGB-D folder (no depth.txt)")
