@@ -130,13 +130,13 @@ def run_case(args: argparse.Namespace) -> None:
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import PointCloud2
 
-    from ukpgan_ros.ros.messages import stamp_to_seconds
+    from ukpgan_ros.transforms import stamp_seconds
 
     arrivals: list[tuple[int, float, float]] = []  # (seq, receive time, stamp)
 
     def on_cloud(msg: PointCloud2) -> None:
         now = time.time()
-        arrivals.append((int(msg.header.frame_id.rsplit("/", 1)[1]), now, stamp_to_seconds(msg.header.stamp)))
+        arrivals.append((int(msg.header.frame_id.rsplit("/", 1)[1]), now, stamp_seconds(msg.header.stamp)))
 
     rclpy.init()
     node = rclpy.create_node("bench_cloud_sub")

@@ -22,8 +22,8 @@ from ukpgan_ros.ros.messages import (
     matrix_to_transform_stamped,
     saliency_colors,
     seconds_to_stamp,
-    stamp_to_seconds,
 )
+from ukpgan_ros.transforms import stamp_seconds
 
 HEADER = Header(frame_id="camera_depth_optical_frame", stamp=Time(sec=100, nanosec=5))
 
@@ -47,7 +47,7 @@ def test_keypoint_markers_counts_frames_and_colours():
     for m in arr.markers:
         assert m.header.frame_id == HEADER.frame_id and m.header.stamp == HEADER.stamp and m.ns == "kp"
     assert spheres.scale.x == spheres.scale.y == spheres.scale.z == 0.05
-    assert 0 < stamp_to_seconds(spheres.lifetime) <= 1.0  # short, but not 0 (= forever)
+    assert 0 < stamp_seconds(spheres.lifetime) <= 1.0  # short, but not 0 (= forever)
     assert spheres.pose.orientation.w == 1.0
     np.testing.assert_allclose([[p.x, p.y, p.z] for p in spheres.points], kp.xyz, rtol=1e-6)
     # highest score (row 0 after sorting) is the top of the map, lowest the bottom
@@ -117,7 +117,7 @@ def test_bad_matrices_raise(T, match):
 def test_stamp_conversions(seconds, sec, nanosec):
     t = seconds_to_stamp(seconds)
     assert t.sec == sec and abs(t.nanosec - nanosec) <= 1000 and 0 <= t.nanosec < 1_000_000_000
-    assert abs(stamp_to_seconds(t) - seconds) < 1e-6
+    assert abs(stamp_seconds(t) - seconds) < 1e-6
     with pytest.raises(ValueError):
         seconds_to_stamp(float("nan"))
 

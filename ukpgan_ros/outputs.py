@@ -159,17 +159,16 @@ def frame_outputs(result: FrameResult, stamp_ns: int, sensor_frame: str, setting
     if T is not None:
         parent = odom if result.is_map_pose else sensor_frame
         outs.append(Output("transform", stamp, parent, sensor_frame, matrix=np.asarray(T, np.float64)))
+    cov = _symmetric_covariance(step.covariance)
     outs.append(Output("pose", stamp, odom, matrix=pose))
-    outs.append(Output("odometry", stamp, odom, sensor_frame, matrix=pose,
-                       covariance=_symmetric_covariance(step.covariance),
+    outs.append(Output("odometry", stamp, odom, sensor_frame, matrix=pose, covariance=cov,
                        twist_covariance=np.eye(6) * UNKNOWN_TWIST_VARIANCE))
     if settings.publish_tf and sensor_frame and sensor_frame != odom:
         outs.append(Output("tf", stamp, odom, sensor_frame, matrix=pose))
     if result.map_from_odom is not None:  # REP 105: the localiser's correction, odometry untouched
         C = np.asarray(result.map_from_odom, np.float64)
-        cov = moved_covariance(C, _symmetric_covariance(step.covariance), "map pose covariance")
         outs.append(Output("map_pose", stamp, settings.map_frame, sensor_frame, matrix=C @ pose,
-                           covariance=_symmetric_covariance(cov)))
+                           covariance=_symmetric_covariance(moved_covariance(C, cov, "map pose covariance"))))
         if settings.publish_tf:
             outs.append(Output("map_tf", stamp, settings.map_frame, odom, matrix=C))
     return outs

@@ -33,7 +33,8 @@ from ukpgan_ros.config import PipelineConfig
 from ukpgan_ros.transforms import rotation_error_deg, translation_error
 from ukpgan_ros.tracking import gives_map_poses
 from ukpgan_ros.ros.detector_node import UkpganDetectorNode
-from ukpgan_ros.ros.messages import pose_stamped_to_matrix, stamp_to_seconds, transform_stamped_to_matrix
+from ukpgan_ros.ros.messages import pose_stamped_to_matrix, transform_stamped_to_matrix
+from ukpgan_ros.transforms import stamp_seconds
 from ukpgan_ros.ros.player_node import DepthPlayerNode
 
 __all__ = ["run_demo", "demo_indices"]
@@ -140,12 +141,12 @@ def _run_mode(args, cfg: PipelineConfig, seq, indices: list[int], skipped, out: 
     inbox = _Inbox()
     ns = det.get_fully_qualified_name()
     probe.create_subscription(PointCloud2, f"{ns}/keypoints",
-                              lambda m: inbox.put("keypoints", stamp_to_seconds(m.header.stamp),
+                              lambda m: inbox.put("keypoints", stamp_seconds(m.header.stamp),
                                                   (m.width * m.height, time.monotonic())), 10)
     probe.create_subscription(TransformStamped, f"{ns}/transform",
-                              lambda m: inbox.put("transforms", stamp_to_seconds(m.header.stamp), transform_stamped_to_matrix(m)), 10)
+                              lambda m: inbox.put("transforms", stamp_seconds(m.header.stamp), transform_stamped_to_matrix(m)), 10)
     probe.create_subscription(PoseStamped, f"{ns}/pose",
-                              lambda m: inbox.put("poses", stamp_to_seconds(m.header.stamp), pose_stamped_to_matrix(m)), 10)
+                              lambda m: inbox.put("poses", stamp_seconds(m.header.stamp), pose_stamped_to_matrix(m)), 10)
     executor = MultiThreadedExecutor(num_threads=3, context=context)
     for n in (det, player, probe):
         executor.add_node(n)
@@ -226,7 +227,7 @@ def _play(args, cfg, seq, indices, skipped, player, det, inbox, out: Path) -> tu
         t_pub = time.monotonic()
         header = player.publish_frame(idx)
         published += 1
-        stamp = stamp_to_seconds(header.stamp)
+        stamp = stamp_seconds(header.stamp)
         # The node (in this process) accounts for every frame it received: processed or a counted drop.
         after = _wait_accounted(det, sum(before[k] for k in _OUTCOMES) + 1, args.timeout)
         if after["processed"] == before["processed"] or not inbox.wait_for("keypoints", stamp, args.timeout):

@@ -7,7 +7,6 @@ without a running graph.
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
@@ -19,7 +18,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from ukpgan_ros.detectors.base import Keypoints
 from ukpgan_ros.outputs import UNKNOWN_TWIST_VARIANCE
 from ukpgan_ros.plots import saliency_colors
-from ukpgan_ros.transforms import matrix_to_quaternion, pose_to_matrix, seconds_to_sec_nsec, stamp_seconds
+from ukpgan_ros.transforms import matrix_to_quaternion, pose_to_matrix, seconds_to_sec_nsec
 
 __all__ = [
     "keypoint_markers",
@@ -32,14 +31,8 @@ __all__ = [
     "odometry_msg",
     "pose_with_covariance_to_matrix",
     "UNKNOWN_TWIST_VARIANCE",
-    "stamp_to_seconds",
     "seconds_to_stamp",
 ]
-
-
-def stamp_to_seconds(stamp: Any) -> float:
-    """A builtin_interfaces Time/Duration (``sec``, ``nanosec``) as float seconds."""
-    return stamp_seconds(stamp)
 
 
 def seconds_to_stamp(seconds: float) -> Time:
