@@ -5,8 +5,8 @@ Services, created in on_configure and destroyed in on_cleanup (so they exist onl
 is configured): ``~/reset`` and ``~/save_map`` (std_srvs/Trigger); the sensor is placed with a
 ``geometry_msgs/PoseWithCovarianceStamped`` on ``initialpose`` (what RViz publishes). Input: one
 adapter per ``input`` kind (:mod:`.inputs`). Threading: one worker thread owns the pipeline
-(:mod:`.worker`); requests are queued to it (:mod:`.requests`), so no callback waits for a frame
-except save_map, for its own answer, in a reentrant group (``main`` spins a MultiThreadedExecutor).
+(:mod:`.worker`); requests are queued to it (:mod:`.requests`), so no callback waits for a frame:
+save_map awaits its own answer as a coroutine, which frees the (single-threaded) executor meanwhile.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile
 from std_srvs.srv import Trigger
@@ -26,7 +25,7 @@ from ukpgan_ros.config import PipelineConfig, StreamConfig
 from ukpgan_ros.ros.diagnostics import FrameStats, diagnostic_array
 from ukpgan_ros.ros.inputs import InputAdapter, make_input
 from ukpgan_ros.ros.parameters import check_update, declare_parameters, read_configs
-from ukpgan_ros.ros.requests import (answer_reset, answer_save_map, guarded_service, parameters_job, parse_initialpose,
+from ukpgan_ros.ros.requests import (answer_reset, answer_save_map, awaitable, guarded_service, parameters_job, parse_initialpose,
                                      reset_job, set_pose_job)
 from ukpgan_ros.ros.worker import FrameWorker
 from ukpgan_ros.transforms import stamp_ns
@@ -54,7 +53,6 @@ class UkpganDetectorNode(LifecycleNode):
         self._worker: FrameWorker | None = None
         self._input: InputAdapter | None = None
         self._stats = FrameStats()
-        self._service_group = ReentrantCallbackGroup()  # save_map's wait blocks no other callback
 
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, params) -> SetParametersResult:
@@ -88,8 +86,8 @@ class UkpganDetectorNode(LifecycleNode):
         self._pubs = {o.key: self.create_lifecycle_publisher(message_class(o.msgtype), o.topic, o.depth)
                       for o in OUTPUT_TOPICS if o.private}
         self._track_services = [
-            self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._service_group),
-            self.create_service(Trigger, "~/save_map", self._on_save_map, callback_group=self._service_group)]
+            self.create_service(Trigger, "~/reset", self._on_reset),
+            self.create_service(Trigger, "~/save_map", self._on_save_map)]
         self._initialpose_sub = self.create_subscription(PoseWithCovarianceStamped, "initialpose",
                                                          self._on_initialpose, 10)
         self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -191,11 +189,20 @@ class UkpganDetectorNode(LifecycleNode):
         fut = self._worker.submit("reset", functools.partial(reset_job, self._worker))
         return answer_reset(fut, response, self.get_logger())
 
-    @guarded_service("save_map")
-    def _on_save_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        """Write the keyframes to ``map_dir`` (format: ukpgan_ros/maps.py) between frames."""
-        fut = self._worker.submit("save_map", lambda pipeline: pipeline.save_map(), log_errors=False)
-        return answer_save_map(fut, response, self.get_logger())
+    async def _on_save_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """Write the keyframes to ``map_dir`` (format: ukpgan_ros/maps.py) between frames. A
+        coroutine: while the worker finishes its frame and writes, the executor serves the rest
+        (lifecycle queries, diagnostics, other services)."""
+        try:
+            if self._worker is None:
+                return self._refuse(response, "save_map")
+            done = await awaitable(self._worker.submit("save_map", lambda pipeline: pipeline.save_map(),
+                                                       log_errors=False), self.executor)
+            return answer_save_map(done, response, self.get_logger())
+        except Exception as e:  # noqa: BLE001 - a service never takes the node down
+            response.success, response.message = False, f"save_map failed: {type(e).__name__}: {e}"
+            self.get_logger().error(response.message)
+            return response
 
     def _refuse(self, response, what: str):
         """A service called in a lifecycle state without a pipeline: a clear failure, nothing changed."""
@@ -266,7 +273,9 @@ def _autostart(node: UkpganDetectorNode) -> None:
 def main(args: list[str] | None = None) -> int:
     from ukpgan_ros.ros.runtime import run_node
 
-    return run_node(UkpganDetectorNode, args, on_start=_autostart, threads=4)
+    # One executor thread: rclpy's MultiThreadedExecutor halved the frames served (7-Scenes at 30 Hz:
+    # 9.9 instead of 16.7 Hz, benchmarks/bench_node.py), and save_map's wait is a coroutine.
+    return run_node(UkpganDetectorNode, args, on_start=_autostart)
 
 
 if __name__ == "__main__":

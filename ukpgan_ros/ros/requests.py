@@ -16,11 +16,10 @@ from ukpgan_ros.config import PipelineConfig
 from ukpgan_ros.ros.messages import pose_with_covariance_to_matrix
 from ukpgan_ros.ros.parameters import live_update
 
-__all__ = ["guarded_service", "answer_reset", "answer_save_map", "reset_job", "parse_initialpose", "set_pose_job",
-           "parameters_job", "RESET_WAIT_S", "SAVE_MAP_WAIT_S"]
+__all__ = ["guarded_service", "awaitable", "answer_reset", "answer_save_map", "reset_job", "parse_initialpose", "set_pose_job",
+           "parameters_job", "RESET_WAIT_S"]
 
 RESET_WAIT_S = 0.02  # ~/reset answers with the outcome if the worker is idle, else "from the next frame on"
-SAVE_MAP_WAIT_S = 60.0  # ~/save_map waits this long for the frame in progress and the writing
 
 
 def guarded_service(what: str):
@@ -41,6 +40,18 @@ def guarded_service(what: str):
     return wrap
 
 
+def awaitable(fut: Future, executor):
+    """An rclpy Future that completes (with ``fut`` itself, done) when the worker's
+    concurrent.futures ``fut`` does: a coroutine callback awaits it, and ``executor`` is woken to
+    resume the coroutine (rclpy schedules a done callback, which triggers its guard condition)."""
+    from rclpy.task import Future as RclpyFuture
+
+    bridge = RclpyFuture(executor=executor)
+    bridge.add_done_callback(lambda _: None)  # completing it then wakes the executor
+    fut.add_done_callback(bridge.set_result)
+    return bridge
+
+
 def answer_reset(fut: Future, response, logger):
     """~/reset's answer: the outcome if the worker ran it within RESET_WAIT_S, else queued."""
     try:
@@ -55,15 +66,9 @@ def answer_reset(fut: Future, response, logger):
 
 
 def answer_save_map(fut: Future, response, logger):
-    """~/save_map's answer: the folder and keyframe count, or why not (within SAVE_MAP_WAIT_S)."""
+    """~/save_map's answer from the worker's finished job: the folder and keyframe count, or why not."""
     try:
-        folder, count = fut.result(SAVE_MAP_WAIT_S)
-    except FutureTimeout:
-        response.success = False
-        response.message = (f"save_map: still queued behind the frame in progress after {SAVE_MAP_WAIT_S:g} s; "
-                            "the map is written when it ends (see the log)")
-        logger.warning(response.message)
-        return response
+        folder, count = fut.result()
     except Exception as e:  # noqa: BLE001 - MapFormatError, OSError, RuntimeError (a symlink loop), ...
         response.success, response.message = False, f"save_map failed: {type(e).__name__}: {e}"
         logger.error(response.message)
